@@ -1,0 +1,275 @@
+//! Tail reader: iterates records from any record boundary and follows the
+//! live tail. HA shipping and store replay read the log through it.
+//!
+//! Owns: its own file handle and read-ahead buffer.
+//! Invariants: never returns a record whose end is past the durable end;
+//! buffered bytes are trusted only below the durable end seen when they were
+//! read (bytes above it may still change).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::error::{Result, WalError};
+use crate::format::{self, FRAME_HEADER_BYTES, FrameError, Lsn, SEGMENT_HEADER_BYTES};
+use crate::log::Shared;
+use crate::recovery::SegmentInfo;
+
+const READ_AHEAD_BYTES: usize = 1 << 20;
+
+/// One durable record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub lsn: Lsn,
+    /// LSN of the first record of the same write + fdatasync (group commit).
+    pub write_lsn: Lsn,
+    pub kind: u8,
+    pub payload: Bytes,
+}
+
+impl Record {
+    /// LSN just past this record: the next record's LSN.
+    pub fn end_lsn(&self) -> Lsn {
+        Lsn(self.lsn.0 + format::frame_bytes(self.payload.len()))
+    }
+}
+
+pub struct WalReader {
+    shared: Arc<Shared>,
+    position: Lsn,
+    segment: Option<OpenSegment>,
+    buffer: Vec<u8>,
+    /// File offset of `buffer[0]` in the current segment.
+    buffer_offset: u64,
+}
+
+struct OpenSegment {
+    info: SegmentInfo,
+    file: File,
+}
+
+enum Step {
+    Record(Record),
+    /// No frame at the position in this segment: the writer moved on.
+    SegmentEnd(FrameError),
+}
+
+impl WalReader {
+    pub(crate) fn new(shared: Arc<Shared>, from: Lsn) -> Result<WalReader> {
+        let first = shared.first_lsn();
+        if from < first {
+            return Err(WalError::Truncated { lsn: from, first });
+        }
+        Ok(WalReader {
+            shared,
+            position: from,
+            segment: None,
+            buffer: Vec::new(),
+            buffer_offset: 0,
+        })
+    }
+
+    /// LSN of the next record this reader returns.
+    pub fn position(&self) -> Lsn {
+        self.position
+    }
+
+    /// The next durable record, or `None` if the reader has caught up.
+    pub fn try_next(&mut self) -> Result<Option<Record>> {
+        loop {
+            let durable = self.shared.durable_end();
+            if self.position >= durable {
+                return Ok(None);
+            }
+            self.open_segment_for(self.position)?;
+            match self.read_frame(durable)? {
+                Step::Record(record) => {
+                    self.position = record.end_lsn();
+                    return Ok(Some(record));
+                }
+                Step::SegmentEnd(cause) => self.advance_segment(cause)?,
+            }
+        }
+    }
+
+    /// The next record, waiting up to `timeout` for one to become durable.
+    /// Must not be called from inside an async task (use `next`).
+    pub fn next_timeout(&mut self, timeout: Duration) -> Result<Option<Record>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(record) = self.try_next()? {
+                return Ok(Some(record));
+            }
+            if self.shared.is_closed() {
+                return Err(WalError::Closed);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            self.shared.wait_durable_past(self.position, left);
+        }
+    }
+
+    /// The next record, waiting as long as it takes for one to be durable.
+    pub async fn next(&mut self) -> Result<Record> {
+        let mut durable = self.shared.subscribe();
+        loop {
+            if let Some(record) = self.try_next()? {
+                return Ok(record);
+            }
+            if self.shared.is_closed() {
+                return Err(WalError::Closed);
+            }
+            let position = self.position;
+            let changed = durable.wait_for(|end| *end > position);
+            if changed.await.is_err() && self.shared.is_closed() {
+                return Err(WalError::Closed);
+            }
+            if self.shared.is_closed() && self.shared.durable_end() <= position {
+                return Err(WalError::Closed);
+            }
+        }
+    }
+
+    fn open_segment_for(&mut self, lsn: Lsn) -> Result<()> {
+        if self
+            .segment
+            .as_ref()
+            .is_some_and(|s| s.info.first_lsn <= lsn)
+        {
+            return Ok(());
+        }
+        let info = {
+            let segments = self.shared.segments();
+            let index = segments.partition_point(|s| s.first_lsn <= lsn);
+            match index.checked_sub(1).and_then(|i| segments.get(i)) {
+                Some(info) => info.clone(),
+                None => {
+                    let first = segments.first().map(|s| s.first_lsn).unwrap_or_default();
+                    return Err(WalError::Truncated { lsn, first });
+                }
+            }
+        };
+        self.open(info)
+    }
+
+    fn open(&mut self, info: SegmentInfo) -> Result<()> {
+        let file = File::open(&info.path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                WalError::Truncated {
+                    lsn: self.position,
+                    first: self.shared.first_lsn(),
+                }
+            } else {
+                WalError::io("opening segment for reading", &info.path, e)
+            }
+        })?;
+        self.segment = Some(OpenSegment { info, file });
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Called when the frame at `position` is not there: the next segment
+    /// must start exactly at `position`.
+    fn advance_segment(&mut self, cause: FrameError) -> Result<()> {
+        let next = {
+            let segments = self.shared.segments();
+            segments
+                .iter()
+                .find(|s| s.first_lsn == self.position)
+                .cloned()
+        };
+        if let Some(next) = next {
+            return self.open(next);
+        }
+        let first = self.shared.first_lsn();
+        if self.position < first {
+            return Err(WalError::Truncated {
+                lsn: self.position,
+                first,
+            });
+        }
+        let path = self
+            .segment
+            .as_ref()
+            .map(|s| s.info.path.clone())
+            .unwrap_or_default();
+        Err(WalError::NotRecordBoundary {
+            lsn: self.position,
+            path,
+            cause,
+        })
+    }
+
+    fn read_frame(&mut self, durable: Lsn) -> Result<Step> {
+        let segment = self.segment.as_ref().expect("segment opened");
+        let first = segment.info.first_lsn;
+        let path = segment.info.path.clone();
+        let offset = SEGMENT_HEADER_BYTES as u64 + (self.position.0 - first.0);
+        let durable_offset = SEGMENT_HEADER_BYTES as u64 + (durable.0 - first.0);
+        let limit = self.shared.max_record_bytes;
+        let position = self.position;
+        let header = self.load(offset, FRAME_HEADER_BYTES, durable_offset)?;
+        let len = match format::decode_frame(header, position, first, u32::MAX) {
+            Err(FrameError::Truncated { needed, .. }) => needed as usize,
+            Err(cause) => return Ok(Step::SegmentEnd(cause)),
+            Ok(frame) => frame.payload.len() + FRAME_HEADER_BYTES,
+        };
+        if len - FRAME_HEADER_BYTES > limit as usize {
+            return Err(WalError::StoredRecordTooLarge {
+                path,
+                lsn: position,
+                len: len - FRAME_HEADER_BYTES,
+                max: limit,
+            });
+        }
+        let bytes = self.load(offset, len, durable_offset)?;
+        match format::decode_frame(bytes, position, first, limit) {
+            Ok(frame) => Ok(Step::Record(Record {
+                lsn: frame.lsn,
+                write_lsn: frame.write_lsn,
+                kind: frame.kind,
+                payload: Bytes::copy_from_slice(frame.payload),
+            })),
+            Err(cause) => Ok(Step::SegmentEnd(cause)),
+        }
+    }
+
+    /// Bytes `[offset, offset + len)` of the current segment, from the
+    /// buffer if it holds them, else read from the file (at least
+    /// `READ_AHEAD_BYTES`, never trusting bytes past `durable_offset` on a
+    /// later call).
+    fn load(&mut self, offset: u64, len: usize, durable_offset: u64) -> Result<&[u8]> {
+        let start = offset.checked_sub(self.buffer_offset);
+        let cached = start.is_some_and(|s| s as usize + len <= self.buffer.len());
+        if !cached {
+            let segment = self.segment.as_ref().expect("segment opened");
+            let want = len.max(READ_AHEAD_BYTES);
+            self.buffer.resize(want, 0);
+            let mut filled = 0;
+            while filled < want {
+                match segment
+                    .file
+                    .read_at(&mut self.buffer[filled..], offset + filled as u64)
+                {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(WalError::io("reading segment", &segment.info.path, e)),
+                }
+            }
+            // Keep only what is known durable, but always what was asked for
+            // (the caller only asks past the durable end to look for a frame
+            // it then validates).
+            let trusted = durable_offset.saturating_sub(offset) as usize;
+            self.buffer.truncate(filled.min(trusted.max(len)));
+            self.buffer_offset = offset;
+        }
+        let start = (offset - self.buffer_offset) as usize;
+        Ok(self.buffer.get(start..start + len).unwrap_or_default())
+    }
+}

@@ -1,0 +1,230 @@
+//! Append, read back, reopen, roll over, truncate, follow the tail: on both
+//! backends.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{backends, payload, read_all, segment_files, small_config};
+use tc_wal::{Lsn, Wal, WalConfig, WalError};
+
+#[test]
+fn records_survive_reopen_in_order_across_segments() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut written = Vec::new();
+        {
+            let wal = Wal::open(dir.path(), small_config(backend)).expect("open");
+            assert_eq!(wal.backend(), backend);
+            for i in 0..400u64 {
+                let data = payload(i, (i as usize * 37) % 700);
+                let lsn = wal.append(1 + (i % 3) as u8, data.clone()).expect("append");
+                written.push((lsn, data));
+            }
+            assert!(wal.durable_lsn() > written.last().expect("some").0);
+        }
+        assert!(
+            segment_files(dir.path()).len() > 2,
+            "{backend}: expected several segments"
+        );
+        let wal = Wal::open(dir.path(), small_config(backend)).expect("reopen");
+        let records = read_all(&wal);
+        assert_eq!(records.len(), written.len(), "{backend}");
+        for (i, (record, (lsn, data))) in records.iter().zip(&written).enumerate() {
+            assert_eq!(record.lsn, *lsn, "{backend} record {i}");
+            assert_eq!(record.kind, 1 + (i % 3) as u8);
+            assert_eq!(&record.payload[..], &data[..]);
+        }
+        assert_eq!(wal.recovery_report().record_count, 400);
+        assert!(wal.recovery_report().torn_tail.is_none());
+        // LSN = byte position: each record starts where the previous ended.
+        for pair in records.windows(2) {
+            assert_eq!(pair[0].end_lsn(), pair[1].lsn);
+        }
+        // Appends after reopen continue the same stream.
+        let next = wal.append(9, &b"after reopen"[..]).expect("append");
+        assert_eq!(next, records.last().expect("some").end_lsn());
+    }
+}
+
+#[test]
+fn async_appends_are_group_committed() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Wal::open(dir.path(), small_config(backend)).expect("open");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .expect("runtime");
+        let lsns = runtime.block_on(async {
+            let tasks: Vec<_> = (0..200u64)
+                .map(|i| {
+                    let wal = wal.clone();
+                    tokio::spawn(async move { wal.append_async(2, payload(i, 40)).await })
+                })
+                .collect();
+            let mut lsns = Vec::new();
+            for task in tasks {
+                lsns.push(task.await.expect("join").expect("append"));
+            }
+            lsns
+        });
+        let mut sorted = lsns.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 200, "every append got its own LSN");
+        let stats = wal.stats();
+        assert_eq!(stats.records, 200);
+        assert!(
+            stats.syncs < 200,
+            "{backend}: 200 concurrent appends took {} syncs",
+            stats.syncs
+        );
+        assert_eq!(read_all(&wal).len(), 200);
+    }
+}
+
+#[test]
+fn reader_follows_the_live_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), small_config(backends()[0])).expect("open");
+    let mut reader = wal.reader(wal.durable_lsn()).expect("reader");
+    assert!(reader.try_next().expect("read").is_none());
+    let writer = {
+        let wal = wal.clone();
+        std::thread::spawn(move || {
+            for i in 0..300u64 {
+                wal.append(1, payload(i, 300)).expect("append");
+            }
+        })
+    };
+    let mut seen = 0u64;
+    while seen < 300 {
+        let record = reader
+            .next_timeout(Duration::from_secs(30))
+            .expect("read")
+            .expect("a record within the deadline");
+        assert!(
+            record.end_lsn() <= wal.durable_lsn(),
+            "reader returned a non-durable record"
+        );
+        assert_eq!(&record.payload[..], &payload(seen, 300)[..]);
+        seen += 1;
+    }
+    writer.join().expect("writer");
+}
+
+#[test]
+fn async_reader_wakes_on_new_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), small_config(backends()[0])).expect("open");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut reader = wal.reader(Lsn(0)).expect("reader");
+        let wal2 = wal.clone();
+        let writer = tokio::spawn(async move {
+            for i in 0..50u64 {
+                wal2.append_async(3, payload(i, 10)).await.expect("append");
+            }
+        });
+        for i in 0..50u64 {
+            let record = tokio::time::timeout(Duration::from_secs(30), reader.next())
+                .await
+                .expect("record before deadline")
+                .expect("read");
+            assert_eq!(&record.payload[..], &payload(i, 10)[..]);
+        }
+        writer.await.expect("writer");
+    });
+}
+
+#[test]
+fn truncate_retires_old_segments_and_readers_see_it() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Wal::open(dir.path(), small_config(backend)).expect("open");
+        let mut lsns = Vec::new();
+        for i in 0..600u64 {
+            lsns.push(wal.append(1, payload(i, 500)).expect("append"));
+        }
+        let before = segment_files(dir.path()).len();
+        let cut = lsns[400];
+        let retired = wal.truncate_before(cut).expect("truncate");
+        assert!(retired > 0);
+        assert_eq!(segment_files(dir.path()).len(), before - retired);
+        assert!(wal.first_lsn() <= cut);
+        assert!(matches!(
+            wal.reader(Lsn(0)),
+            Err(WalError::Truncated { .. })
+        ));
+        // Recycled spares are reused and the log stays readable after reopen.
+        for i in 600..1200u64 {
+            wal.append(1, payload(i, 500)).expect("append");
+        }
+        let first = wal.first_lsn();
+        drop(wal);
+        let wal = Wal::open(dir.path(), small_config(backend)).expect("reopen");
+        assert_eq!(wal.first_lsn(), first);
+        let records = read_all(&wal);
+        let last = records.last().expect("records");
+        assert_eq!(&last.payload[..], &payload(1199, 500)[..]);
+        assert!(
+            records.iter().any(|r| r.lsn == cut),
+            "the record at the cut survives"
+        );
+    }
+}
+
+#[test]
+fn bad_appends_are_refused_and_the_log_carries_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = small_config(backends()[0]);
+    let wal = Wal::open(dir.path(), config.clone()).expect("open");
+    let too_big = vec![0u8; config.max_record_bytes as usize + 1];
+    assert!(matches!(
+        wal.append(1, too_big),
+        Err(WalError::RecordTooLarge { len, max }) if len == config.max_record_bytes as usize + 1 && max == config.max_record_bytes
+    ));
+    assert!(matches!(
+        wal.append(0, &b"x"[..]),
+        Err(WalError::ReservedKind)
+    ));
+    let exactly_max = vec![7u8; config.max_record_bytes as usize];
+    let lsn = wal.append(1, exactly_max.clone()).expect("max-size record");
+    let records = read_all(&wal);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].lsn, lsn);
+    assert_eq!(records[0].payload.len(), exactly_max.len());
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path(), WalConfig::default()).expect("open");
+    let second = Wal::open(dir.path(), WalConfig::default());
+    assert!(matches!(second, Err(WalError::Locked { .. })));
+    drop(wal);
+    Wal::open(dir.path(), WalConfig::default()).expect("open after the first closed");
+}
+
+#[test]
+fn invalid_config_names_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = WalConfig {
+        segment_bytes: 1024,
+        ..WalConfig::default()
+    };
+    let err = Wal::open(dir.path(), config).err().expect("refused");
+    assert!(matches!(
+        err,
+        WalError::InvalidConfig {
+            field: "segment_bytes",
+            ..
+        }
+    ));
+    assert!(err.to_string().contains("segment_bytes"));
+}
