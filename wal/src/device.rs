@@ -211,10 +211,11 @@ fn uring_write_sync(
                 }
                 done += res as usize;
             }
-            if let Some(res) = synced {
-                if res < 0 && !(res == -libc::ECANCELED && done < buffer.len()) {
-                    return Err(io::Error::from_raw_os_error(-res));
-                }
+            if let Some(res) = synced
+                && res < 0
+                && !(res == -libc::ECANCELED && done < buffer.len())
+            {
+                return Err(io::Error::from_raw_os_error(-res));
             }
         }
         if done >= buffer.len() {
