@@ -32,6 +32,8 @@ pub(crate) struct Spares {
 struct SpareState {
     ready: VecDeque<PathBuf>,
     next_number: u64,
+    /// The allocator is zero-filling a spare right now.
+    allocating: bool,
     shutdown: bool,
 }
 
@@ -70,6 +72,7 @@ impl Spares {
             state: Mutex::new(SpareState {
                 ready: ready.into_iter().map(|(_, p)| p).collect(),
                 next_number,
+                allocating: false,
                 shutdown: false,
             }),
             changed: Condvar::new(),
@@ -85,6 +88,10 @@ impl Spares {
     pub(crate) fn take(&self) -> Result<PathBuf> {
         let number = {
             let mut state = self.lock();
+            // A spare half-written by the allocator is nearer than a new one.
+            while state.ready.is_empty() && state.allocating {
+                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
             if let Some(path) = state.ready.pop_front() {
                 self.changed.notify_all();
                 return Ok(path);
@@ -131,12 +138,17 @@ impl Spares {
                 if state.shutdown {
                     return;
                 }
+                state.allocating = true;
                 state.next_number += 1;
                 state.next_number - 1
             };
-            match segment::create_spare(&self.dir, number, self.segment_bytes) {
+            let created = segment::create_spare(&self.dir, number, self.segment_bytes);
+            let mut state = self.lock();
+            state.allocating = false;
+            self.changed.notify_all();
+            match created {
                 Ok(path) => {
-                    self.lock().ready.push_back(path);
+                    state.ready.push_back(path);
                     warned = false;
                 }
                 Err(err) => {
@@ -144,7 +156,6 @@ impl Spares {
                         tracing::warn!("cannot prepare a spare WAL segment, retrying: {err}");
                         warned = true;
                     }
-                    let state = self.lock();
                     if state.shutdown {
                         return;
                     }
