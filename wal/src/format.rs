@@ -90,6 +90,10 @@ pub enum HeaderError {
         "segment header claims a segment size of {bytes} B (allowed {SEGMENT_HEADER_BYTES}..={MAX_SEGMENT_BYTES})"
     )]
     BadSegmentSize { bytes: u64 },
+    #[error(
+        "segment header first lsn {first_lsn} leaves no room for a segment of {bytes} B below 2^64"
+    )]
+    BadFirstLsn { first_lsn: Lsn, bytes: u64 },
 }
 
 /// Segments are at most 4 GiB so that `write_back` fits its u32 field.
@@ -148,8 +152,15 @@ impl SegmentHeader {
                 bytes: segment_bytes,
             });
         }
+        let first_lsn = Lsn(read_u64(header, SEG_FIRST_LSN_OFFSET));
+        if first_lsn.0.checked_add(segment_bytes).is_none() {
+            return Err(HeaderError::BadFirstLsn {
+                first_lsn,
+                bytes: segment_bytes,
+            });
+        }
         Ok(SegmentHeader {
-            first_lsn: Lsn(read_u64(header, SEG_FIRST_LSN_OFFSET)),
+            first_lsn,
             epoch: read_u64(header, SEG_EPOCH_OFFSET),
             segment_bytes,
         })
@@ -196,7 +207,7 @@ pub struct Frame<'a> {
 
 impl Frame<'_> {
     pub fn end_lsn(&self) -> Lsn {
-        Lsn(self.lsn.0 + frame_bytes(self.payload.len()))
+        Lsn(self.lsn.0.saturating_add(frame_bytes(self.payload.len())))
     }
 }
 
@@ -342,8 +353,11 @@ pub enum ScanError {
 /// treated as missing (a short file).
 pub fn scan_segment(bytes: &[u8], max_payload_bytes: u32) -> Result<SegmentScan, ScanError> {
     let header = SegmentHeader::decode(bytes)?;
+    // Bytes past the segment size are not part of the segment. With the
+    // header's guarantee (first + segment_bytes < 2^64) no LSN below overflows.
+    let bytes = bytes.get(..header.segment_bytes as usize).unwrap_or(bytes);
     let first = header.first_lsn;
-    let lsn_at = |offset: usize| Lsn(first.0.wrapping_add((offset - SEGMENT_HEADER_BYTES) as u64));
+    let lsn_at = |offset: usize| Lsn(first.0 + (offset - SEGMENT_HEADER_BYTES) as u64);
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut record_count = 0u64;
     let damage = loop {
@@ -483,6 +497,19 @@ mod tests {
         assert!(matches!(
             SegmentHeader::decode(&bytes),
             Err(HeaderError::Checksum { .. })
+        ));
+    }
+
+    #[test]
+    fn header_whose_lsns_would_overflow_is_refused() {
+        let header = SegmentHeader {
+            first_lsn: Lsn(u64::MAX - 100),
+            epoch: 0,
+            segment_bytes: 4096,
+        };
+        assert!(matches!(
+            SegmentHeader::decode(&header.encode()),
+            Err(HeaderError::BadFirstLsn { .. })
         ));
     }
 
