@@ -202,6 +202,34 @@ fn bad_appends_are_refused_and_the_log_carries_on() {
 }
 
 #[test]
+fn lowering_the_record_limit_never_loses_records_and_readers_name_the_big_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = backends()[0];
+    let big = {
+        let wal = Wal::open(dir.path(), small_config(backend)).expect("open");
+        wal.append(1, vec![1u8; 100]).expect("small");
+        wal.append(1, vec![2u8; 4000]).expect("big")
+    };
+    let lowered = WalConfig {
+        max_record_bytes: 1000,
+        ..small_config(backend)
+    };
+    let wal = Wal::open(dir.path(), lowered).expect("recovery keeps records over the new limit");
+    assert!(wal.recovery_report().torn_tail.is_none());
+    assert_eq!(wal.recovery_report().record_count, 2);
+    let mut reader = wal.reader(Lsn(0)).expect("reader");
+    assert_eq!(reader.try_next().expect("first").expect("record").payload.len(), 100);
+    let err = reader.try_next().expect_err("over the limit");
+    assert!(
+        matches!(err, WalError::StoredRecordTooLarge { lsn, len: 4000, max: 1000, .. } if lsn == big),
+        "{err}"
+    );
+    drop(wal);
+    let wal = Wal::open(dir.path(), small_config(backend)).expect("reopen with the old limit");
+    assert_eq!(read_all(&wal).len(), 2);
+}
+
+#[test]
 fn a_second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = Wal::open(dir.path(), WalConfig::default()).expect("open");
