@@ -218,7 +218,15 @@ fn lowering_the_record_limit_never_loses_records_and_readers_name_the_big_one() 
     assert!(wal.recovery_report().torn_tail.is_none());
     assert_eq!(wal.recovery_report().record_count, 2);
     let mut reader = wal.reader(Lsn(0)).expect("reader");
-    assert_eq!(reader.try_next().expect("first").expect("record").payload.len(), 100);
+    assert_eq!(
+        reader
+            .try_next()
+            .expect("first")
+            .expect("record")
+            .payload
+            .len(),
+        100
+    );
     let err = reader.try_next().expect_err("over the limit");
     assert!(
         matches!(err, WalError::StoredRecordTooLarge { lsn, len: 4000, max: 1000, .. } if lsn == big),
