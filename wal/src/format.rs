@@ -45,18 +45,22 @@ const SEG_CRC_OFFSET: usize = 60;
 const _: () = assert!(SEG_RESERVED_OFFSET == 32);
 const _: () = assert!(SEGMENT_HEADER_BYTES == SEG_CRC_OFFSET + size_of::<u32>());
 
-/// Frame v1, little-endian, 24-byte header then `len` payload bytes:
-/// `|0 len u32|4 crc32 u32|8 lsn u64|16 write_back u32|20 kind u8|21 flags u8=0|22 reserved u16=0|`
-/// The CRC covers bytes 0..4 and 8..24 of the header, then the payload.
+/// Frame v1, little-endian, 28-byte header then `len` payload bytes:
+/// `|0 len u32|4 crc32 u32|8 lsn u64|16 write_back u32|20 inflight_back u32|`
+/// `|24 kind u8|25 flags u8=0|26 reserved u16=0|`
+/// The CRC covers bytes 0..4 and 8..28 of the header, then the payload.
 /// `write_back` = `lsn` - LSN of the first frame of the same write (one
-/// write + fdatasync); recovery uses it to tell a torn in-flight write from
-/// corruption of a write that had been synced.
-pub const FRAME_HEADER_BYTES: usize = 24;
+/// write + fdatasync). `inflight_back` = `lsn` - LSN of the first frame of
+/// the oldest write that was not yet durable when this frame's write was
+/// submitted (its own write if none). Recovery uses it to tell a torn
+/// in-flight write from corruption of a write that had been synced.
+pub const FRAME_HEADER_BYTES: usize = 28;
 const FRAME_LEN_OFFSET: usize = 0;
 const FRAME_CRC_OFFSET: usize = FRAME_LEN_OFFSET + size_of::<u32>();
 const FRAME_LSN_OFFSET: usize = FRAME_CRC_OFFSET + size_of::<u32>();
 const FRAME_WRITE_BACK_OFFSET: usize = FRAME_LSN_OFFSET + size_of::<u64>();
-const FRAME_KIND_OFFSET: usize = FRAME_WRITE_BACK_OFFSET + size_of::<u32>();
+const FRAME_INFLIGHT_BACK_OFFSET: usize = FRAME_WRITE_BACK_OFFSET + size_of::<u32>();
+const FRAME_KIND_OFFSET: usize = FRAME_INFLIGHT_BACK_OFFSET + size_of::<u32>();
 const FRAME_FLAGS_OFFSET: usize = FRAME_KIND_OFFSET + size_of::<u8>();
 const FRAME_RESERVED_OFFSET: usize = FRAME_FLAGS_OFFSET + size_of::<u8>();
 const _: () = assert!(FRAME_HEADER_BYTES == FRAME_RESERVED_OFFSET + size_of::<u16>());
@@ -185,8 +189,15 @@ pub enum FrameError {
     TooLarge { lsn: Lsn, len: u32, max: u32 },
     #[error("frame at lsn {lsn}: non-zero flags or reserved bytes")]
     Reserved { lsn: Lsn },
-    #[error("frame at lsn {lsn}: write start {write_lsn} outside the segment or after the frame")]
-    BadWriteStart { lsn: Lsn, write_lsn: Lsn },
+    #[error(
+        "frame at lsn {lsn}: write start {write_lsn} or in-flight start {inflight_lsn} out of order (segment starts at {segment_first_lsn})"
+    )]
+    BadWriteStart {
+        lsn: Lsn,
+        write_lsn: Lsn,
+        inflight_lsn: Lsn,
+        segment_first_lsn: Lsn,
+    },
     #[error("crc at lsn {lsn}: stored {stored:#010x} computed {computed:#010x}")]
     Checksum {
         lsn: Lsn,
@@ -201,6 +212,9 @@ pub struct Frame<'a> {
     pub lsn: Lsn,
     /// LSN of the first frame written by the same write + fdatasync.
     pub write_lsn: Lsn,
+    /// LSN of the first frame of the oldest write not yet durable when this
+    /// frame's write was submitted (`<= write_lsn`).
+    pub inflight_lsn: Lsn,
     pub kind: u8,
     pub payload: &'a [u8],
 }
@@ -211,12 +225,21 @@ impl Frame<'_> {
     }
 }
 
-/// Appends the frame for (`lsn`, `write_lsn`, `kind`, `payload`) to `out`.
-pub fn encode_frame(out: &mut Vec<u8>, lsn: Lsn, write_lsn: Lsn, kind: u8, payload: &[u8]) {
+/// Appends `frame` (header and payload) to `out`.
+pub fn encode_frame(out: &mut Vec<u8>, frame: &Frame<'_>) {
+    let Frame {
+        lsn,
+        write_lsn,
+        inflight_lsn,
+        kind,
+        payload,
+    } = *frame;
     assert!(kind != 0, "kind 0 is reserved for 'no frame'");
+    assert!(inflight_lsn <= write_lsn);
     assert!(write_lsn <= lsn);
     let len = u32::try_from(payload.len()).expect("payload length fits u32");
-    let write_back = u32::try_from(lsn.0 - write_lsn.0).expect("a write is under 4 GiB");
+    let write_back = u32::try_from(lsn.0 - write_lsn.0).expect("a segment is under 4 GiB");
+    let inflight_back = u32::try_from(lsn.0 - inflight_lsn.0).expect("a segment is under 4 GiB");
     let mut header = [0u8; FRAME_HEADER_BYTES];
     put(&mut header, FRAME_LEN_OFFSET, &len.to_le_bytes());
     put(&mut header, FRAME_LSN_OFFSET, &lsn.0.to_le_bytes());
@@ -224,6 +247,11 @@ pub fn encode_frame(out: &mut Vec<u8>, lsn: Lsn, write_lsn: Lsn, kind: u8, paylo
         &mut header,
         FRAME_WRITE_BACK_OFFSET,
         &write_back.to_le_bytes(),
+    );
+    put(
+        &mut header,
+        FRAME_INFLIGHT_BACK_OFFSET,
+        &inflight_back.to_le_bytes(),
     );
     header[FRAME_KIND_OFFSET] = kind;
     let crc = frame_crc(&header, payload);
@@ -280,9 +308,16 @@ pub fn decode_frame(
         });
     }
     let write_back = u64::from(read_u32(header, FRAME_WRITE_BACK_OFFSET));
+    let inflight_back = u64::from(read_u32(header, FRAME_INFLIGHT_BACK_OFFSET));
     let write_lsn = Lsn(lsn.0.saturating_sub(write_back));
-    if write_back > lsn.0 || write_lsn < segment_first_lsn {
-        return Err(FrameError::BadWriteStart { lsn, write_lsn });
+    let inflight_lsn = Lsn(lsn.0.saturating_sub(inflight_back));
+    if inflight_back > lsn.0 || inflight_back < write_back || inflight_lsn < segment_first_lsn {
+        return Err(FrameError::BadWriteStart {
+            lsn,
+            write_lsn,
+            inflight_lsn,
+            segment_first_lsn,
+        });
     }
     let total = FRAME_HEADER_BYTES + len as usize;
     let Some(payload) = bytes.get(FRAME_HEADER_BYTES..total) else {
@@ -304,6 +339,7 @@ pub fn decode_frame(
     Ok(Frame {
         lsn,
         write_lsn,
+        inflight_lsn,
         kind,
         payload,
     })
@@ -321,8 +357,9 @@ pub struct SegmentScan {
     pub tail: Option<TornTail>,
 }
 
-/// Damage at `end_lsn` followed only by frames of the same write: the
-/// signature of a write that was in flight when the process died.
+/// Damage at `end_lsn` followed only by frames whose writes were submitted
+/// while the damaged write was still in flight: the signature of a crash
+/// with writes in flight.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
     pub cause: FrameError,
@@ -336,10 +373,10 @@ pub struct TornTail {
 pub enum ScanError {
     #[error(transparent)]
     Header(#[from] HeaderError),
-    /// A bad frame followed by a valid frame of a later write: the bad one
-    /// had been synced, so this is corruption, not a torn tail.
+    /// A bad frame followed by a valid frame of a write submitted after the
+    /// bad one was durable: this is corruption, not a torn tail.
     #[error(
-        "corrupt record at offset {offset} (lsn {lsn}): {cause}; a valid record of a later write follows at offset {later_offset}"
+        "corrupt record at offset {offset} (lsn {lsn}): {cause}; a valid record written after it was durable follows at offset {later_offset}"
     )]
     Corrupt {
         offset: u64,
@@ -398,7 +435,7 @@ pub fn scan_segment(bytes: &[u8], max_payload_bytes: u32) -> Result<SegmentScan,
         }
         let rest = bytes.get(probe..).unwrap_or_default();
         match decode_frame(rest, lsn, first, max_payload_bytes) {
-            Ok(frame) if frame.write_lsn > end_lsn => {
+            Ok(frame) if frame.inflight_lsn > end_lsn => {
                 return Err(ScanError::Corrupt {
                     offset: offset as u64,
                     lsn: end_lsn,
@@ -477,11 +514,29 @@ mod tests {
         let mut out = header.encode().to_vec();
         let mut lsn = Lsn(first);
         for (kind, payload) in records {
-            encode_frame(&mut out, lsn, Lsn(first), *kind, payload);
+            let frame = Frame {
+                lsn,
+                write_lsn: Lsn(first),
+                inflight_lsn: Lsn(first),
+                kind: *kind,
+                payload,
+            };
+            encode_frame(&mut out, &frame);
             lsn = Lsn(lsn.0 + frame_bytes(payload.len()));
         }
         out.resize(4096, 0);
         out
+    }
+
+    /// A frame alone in its write, submitted with nothing else in flight.
+    fn single_write(lsn: Lsn, payload: &[u8]) -> Frame<'_> {
+        Frame {
+            lsn,
+            write_lsn: lsn,
+            inflight_lsn: lsn,
+            kind: 1,
+            payload,
+        }
     }
 
     #[test]
@@ -518,7 +573,7 @@ mod tests {
         let bytes = segment(100, &[(1, b"a"), (2, b"bc"), (3, b"")]);
         let scan = scan_segment(&bytes, 1024).expect("valid segment");
         assert_eq!(scan.record_count, 3);
-        assert_eq!(scan.end_lsn, Lsn(100 + 3 * 24 + 3));
+        assert_eq!(scan.end_lsn, Lsn(100 + 3 * FRAME_HEADER_BYTES as u64 + 3));
         assert_eq!(scan.tail, None);
     }
 
@@ -526,7 +581,7 @@ mod tests {
     fn damage_in_the_last_write_is_a_torn_tail() {
         // All three frames belong to one write starting at the first LSN.
         let mut bytes = segment(0, &[(1, b"one"), (1, b"two"), (1, b"three")]);
-        bytes[SEGMENT_HEADER_BYTES + 24 + 1] ^= 0xff; // payload of the first frame
+        bytes[SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES + 1] ^= 0xff; // payload of the first frame
         let scan = scan_segment(&bytes, 1024).expect("torn, not corrupt");
         assert_eq!(scan.record_count, 0);
         let tail = scan.tail.expect("torn tail reported");
@@ -541,9 +596,9 @@ mod tests {
             segment_bytes: 4096,
         };
         let mut bytes = header.encode().to_vec();
-        encode_frame(&mut bytes, Lsn(0), Lsn(0), 1, b"first write");
+        encode_frame(&mut bytes, &single_write(Lsn(0), b"first write"));
         let second = Lsn(frame_bytes(11));
-        encode_frame(&mut bytes, second, second, 1, b"second write");
+        encode_frame(&mut bytes, &single_write(second, b"second write"));
         bytes.resize(4096, 0);
         bytes[SEGMENT_HEADER_BYTES + 30] ^= 0x40;
         let err = scan_segment(&bytes, 1024).expect_err("corruption");
@@ -551,6 +606,29 @@ mod tests {
             err,
             ScanError::Corrupt { offset: 64, lsn: Lsn(0), later_offset, .. } if later_offset == 64 + second.0
         ));
+    }
+
+    #[test]
+    fn damage_in_a_write_still_in_flight_when_the_next_was_submitted_is_torn() {
+        let header = SegmentHeader {
+            first_lsn: Lsn(0),
+            epoch: 0,
+            segment_bytes: 4096,
+        };
+        let mut bytes = header.encode().to_vec();
+        encode_frame(&mut bytes, &single_write(Lsn(0), b"write one"));
+        let second = Lsn(frame_bytes(9));
+        // Submitted while the first write was in flight (pipelined io_uring).
+        let pipelined = Frame {
+            inflight_lsn: Lsn(0),
+            ..single_write(second, b"write two")
+        };
+        encode_frame(&mut bytes, &pipelined);
+        bytes.resize(4096, 0);
+        bytes[SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES + 2] ^= 0x40;
+        let scan = scan_segment(&bytes, 1024).expect("torn, not corrupt");
+        assert_eq!(scan.record_count, 0);
+        assert!(scan.tail.is_some());
     }
 
     #[test]

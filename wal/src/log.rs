@@ -26,6 +26,8 @@ use crate::segment;
 use crate::spares::Spares;
 use crate::writer::{Request, Writer};
 
+const MAX_WRITES_IN_FLIGHT: usize = 64;
+
 /// WAL settings. `Default` gives the production defaults.
 #[derive(Clone, Debug)]
 pub struct WalConfig {
@@ -39,6 +41,10 @@ pub struct WalConfig {
     pub max_write_bytes: usize,
     /// Backend selection. Default: io_uring, else portable.
     pub backend: BackendChoice,
+    /// Writes (each one write + one fdatasync) the io_uring backend keeps in
+    /// flight at once; parallel fdatasyncs overlap. The portable backend
+    /// always has one. Default 2.
+    pub writes_in_flight: usize,
     /// Spare segments kept zero-filled ahead of need. Default 1.
     pub spare_segments: usize,
     /// Epoch written into new segment headers (HA fencing). Default 0.
@@ -53,6 +59,7 @@ impl Default for WalConfig {
             queue_capacity: 4096,
             max_write_bytes: 4 << 20,
             backend: BackendChoice::Auto,
+            writes_in_flight: 2,
             spare_segments: 1,
             epoch: 0,
         }
@@ -80,6 +87,15 @@ impl WalConfig {
         }
         if self.queue_capacity == 0 {
             return invalid("queue_capacity", "must be at least 1".into());
+        }
+        if !(1..=MAX_WRITES_IN_FLIGHT).contains(&self.writes_in_flight) {
+            return invalid(
+                "writes_in_flight",
+                format!(
+                    "({}) must be between 1 and {MAX_WRITES_IN_FLIGHT}",
+                    self.writes_in_flight
+                ),
+            );
         }
         if self.max_write_bytes == 0 {
             return invalid("max_write_bytes", "must be at least 1".into());
@@ -227,8 +243,12 @@ impl Wal {
             Some(recovered) => (recovered.segments, recovered.active, recovered.report),
             None => create_first_segment(&dir, &spares, &config)?,
         };
-        let (device, fallback) = Device::open(config.backend, config.write_buffer_bytes())
-            .map_err(|e| WalError::io("setting up io_uring for", &dir, e))?;
+        let (device, fallback) = Device::open(
+            config.backend,
+            config.write_buffer_bytes(),
+            config.writes_in_flight,
+        )
+        .map_err(|e| WalError::io("setting up io_uring for", &dir, e))?;
         let backend = device.backend();
         match fallback {
             Some(reason) => tracing::warn!(

@@ -26,6 +26,9 @@ pub struct Record {
     pub lsn: Lsn,
     /// LSN of the first record of the same write + fdatasync (group commit).
     pub write_lsn: Lsn,
+    /// LSN of the first record of the oldest write that was not yet durable
+    /// when this record's write was submitted. Records below it were durable.
+    pub inflight_lsn: Lsn,
     pub kind: u8,
     pub payload: Bytes,
 }
@@ -232,6 +235,7 @@ impl WalReader {
             Ok(frame) => Ok(Step::Record(Record {
                 lsn: frame.lsn,
                 write_lsn: frame.write_lsn,
+                inflight_lsn: frame.inflight_lsn,
                 kind: frame.kind,
                 payload: Bytes::copy_from_slice(frame.payload),
             })),

@@ -1,29 +1,38 @@
 //! The writer thread: the one owner of the active segment file.
 //!
-//! Owns: the request queue's receiving end, framing, group commit and
-//! segment rollover. Each round takes everything pending (up to
-//! `max_write_bytes`), frames it into one buffer, issues one write + one
-//! fdatasync, publishes the new durable end, then completes every waiter.
+//! Owns: the request queue's receiving end, framing, group commit,
+//! pipelining and segment rollover. While a slot is free it takes every
+//! pending request (up to `max_write_bytes`), frames them into the slot's
+//! buffer and submits one write + one fdatasync. Completed writes are
+//! acknowledged strictly in LSN order: the durable end moves past a write
+//! only when it and every earlier write are durable.
 //!
 //! Invariants:
-//! - One write is in flight at a time, and a write never spans segments; so
-//!   after a crash only the last write of the last segment can be torn.
-//! - Waiters are completed only after their bytes are durable.
+//! - At most `writes_in_flight` writes are in flight (one for portable);
+//!   a write never spans segments, and all writes of a segment are durable
+//!   before the next segment is installed. So after a crash only the last
+//!   writes of the last segment can be torn, and each frame's
+//!   `inflight_lsn` says which earlier writes could have been torn with it.
+//! - Waiters are completed only after their bytes, and all bytes before
+//!   them, are durable.
 //! - After a failed write or sync the writer is poisoned: it fails every
-//!   later append with the original cause and never retries the sync.
-//!   A failed spare allocation (ENOSPC) is not poison: the appends that
-//!   needed the new segment fail and the next append tries again.
+//!   unacknowledged and later append with the original cause and never
+//!   retries the sync. A failed spare allocation (ENOSPC) is not poison: the
+//!   appends that needed the new segment fail and the next append retries.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::device::Device;
+use crate::device::{Completion, Device, Wait};
 use crate::error::{Result, WalError};
-use crate::format::{self, Lsn, SEGMENT_HEADER_BYTES, SegmentHeader};
+use crate::format::{self, Frame, Lsn, SEGMENT_HEADER_BYTES, SegmentHeader};
 use crate::log::{Shared, WalConfig};
 use crate::recovery::{ActiveSegment, SegmentInfo};
 use crate::segment;
@@ -35,18 +44,39 @@ pub(crate) struct Request {
     pub done: oneshot::Sender<Result<Lsn>>,
 }
 
+type Waiter = (oneshot::Sender<Result<Lsn>>, Lsn);
+
+/// A submitted write, oldest first in `Writer::in_flight`.
+struct InFlight {
+    slot: usize,
+    start_lsn: Lsn,
+    end_lsn: Lsn,
+    waiters: Vec<Waiter>,
+    finished: bool,
+    submitted_at: Instant,
+}
+
+/// Bounds of the pipeline delay (see `Writer::pipeline_delay`).
+const PIPELINE_DELAY_MIN: Duration = Duration::from_micros(5);
+const PIPELINE_DELAY_MAX: Duration = Duration::from_millis(2);
+
 pub(crate) struct Writer {
     config: WalConfig,
     device: Device,
+    waker: Waker,
     active: ActiveSegment,
     active_path: PathBuf,
     shared: Arc<Shared>,
     spares: Arc<Spares>,
     requests: mpsc::Receiver<Request>,
-    /// Waiters of the frames now in the device buffer, with their LSNs.
-    pending: Vec<(oneshot::Sender<Result<Lsn>>, Lsn)>,
-    /// LSN of the first frame in the device buffer.
-    write_lsn: Lsn,
+    queue_closed: bool,
+    /// Requests taken from the queue, not yet framed.
+    backlog: VecDeque<Request>,
+    backlog_bytes: u64,
+    in_flight: VecDeque<InFlight>,
+    completions: Vec<Completion>,
+    /// Moving average of how long a write takes from submit to durable.
+    write_latency_avg: Duration,
     poisoned: Option<WalError>,
 }
 
@@ -64,131 +94,231 @@ impl Writer {
             .last()
             .map(|s| s.path.clone())
             .expect("an open WAL has an active segment");
-        let write_lsn = active.next_lsn();
         Writer {
             config,
+            waker: device.waker(),
             device,
             active,
             active_path,
             shared,
             spares,
             requests,
-            pending: Vec::new(),
-            write_lsn,
+            queue_closed: false,
+            backlog: VecDeque::new(),
+            backlog_bytes: 0,
+            in_flight: VecDeque::new(),
+            completions: Vec::new(),
+            write_latency_avg: Duration::from_micros(100),
             poisoned: None,
         }
     }
 
     pub fn run(mut self) {
-        let mut batch = Vec::new();
-        while let Some(first) = self.requests.blocking_recv() {
-            let mut batch_bytes = format::frame_bytes(first.payload.len());
-            batch.push(first);
-            while batch_bytes < self.config.max_write_bytes as u64 {
-                let Ok(next) = self.requests.try_recv() else {
-                    break;
-                };
-                batch_bytes += format::frame_bytes(next.payload.len());
-                batch.push(next);
+        loop {
+            self.reap(Wait::No);
+            if self.device.has_free_slot() {
+                self.fill_backlog();
             }
-            self.commit(&mut batch);
+            if self.queue_closed && self.backlog.is_empty() && self.in_flight.is_empty() {
+                break;
+            }
+            if self.poisoned.is_some() {
+                self.fail_backlog();
+            } else if let Some(first) = self.backlog.front() {
+                let frame_bytes = format::frame_bytes(first.payload.len());
+                if !self.segment_has_room(frame_bytes) {
+                    if self.in_flight.is_empty() {
+                        self.rollover_or_fail();
+                        continue;
+                    }
+                } else if self.device.has_free_slot() {
+                    self.submit_write();
+                    continue;
+                }
+            }
+            self.reap(self.next_wait());
         }
         self.shared.mark_closed();
     }
 
-    fn commit(&mut self, batch: &mut Vec<Request>) {
-        let mut requests = batch.drain(..);
-        while let Some(request) = requests.next() {
-            if let Some(err) = &self.poisoned {
-                let _ = request
-                    .done
-                    .send(Err(WalError::Poisoned(Box::new(err.clone()))));
-                continue;
-            }
-            let frame_bytes = format::frame_bytes(request.payload.len());
-            if self.device.buffer_mut().len() as u64 + frame_bytes > self.device.capacity() as u64 {
-                self.flush();
-            }
-            if self.active.write_offset + self.buffered_bytes() + frame_bytes
-                > self.active.capacity_bytes
-            {
-                self.flush();
-                if self.poisoned.is_none()
-                    && let Err(err) = self.rollover()
-                {
-                    // The segment is full and no new one could be made: fail
-                    // this append and the rest of the batch, keep running.
-                    tracing::error!("WAL: cannot start a new segment: {err}");
-                    let _ = request.done.send(Err(err.clone()));
-                    for rest in requests.by_ref() {
-                        let _ = rest.done.send(Err(err.clone()));
-                    }
-                    break;
-                }
-                if self.poisoned.is_some() {
-                    let err = self.poisoned.clone().expect("checked");
-                    let _ = request.done.send(Err(WalError::Poisoned(Box::new(err))));
-                    continue;
-                }
-            }
-            let lsn = Lsn(self.write_lsn.0 + self.buffered_bytes());
-            format::encode_frame(
-                self.device.buffer_mut(),
-                lsn,
-                self.write_lsn,
-                request.kind,
-                &request.payload,
-            );
-            self.pending.push((request.done, lsn));
+    /// How to sleep when there is nothing to submit right now.
+    /// - Nothing in flight: until a producer sends (then submit at once).
+    /// - A write in flight and a slot free: until it finishes or for half a
+    ///   typical write, then submit what has gathered as a second write. A
+    ///   send does not wake the writer here, so requests arriving during a
+    ///   write form one batch instead of each taking a write of its own.
+    /// - No slot free: until a write finishes.
+    fn next_wait(&self) -> Wait {
+        if self.in_flight.is_empty() {
+            Wait::CompletionOrWakeup
+        } else if self.device.has_free_slot() && self.poisoned.is_none() {
+            Wait::CompletionOrTimeout(self.pipeline_delay())
+        } else {
+            Wait::Completion
         }
-        drop(requests);
-        self.flush();
     }
 
-    fn buffered_bytes(&mut self) -> u64 {
-        self.device.buffer_mut().len() as u64
+    fn pipeline_delay(&self) -> Duration {
+        (self.write_latency_avg / 2).clamp(PIPELINE_DELAY_MIN, PIPELINE_DELAY_MAX)
     }
 
-    /// Makes the buffered frames durable and completes their waiters.
-    fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
+    /// Moves requests from the queue to the backlog without blocking, up to
+    /// about `max_write_bytes`. When the queue runs dry with nothing in
+    /// flight, the next send wakes the writer; otherwise sends do not.
+    fn fill_backlog(&mut self) {
+        let waker = if self.in_flight.is_empty() {
+            &self.waker
+        } else {
+            Waker::noop()
+        };
+        let mut context = Context::from_waker(waker);
+        while !self.queue_closed && self.backlog_bytes < self.config.max_write_bytes as u64 {
+            match self.requests.poll_recv(&mut context) {
+                Poll::Ready(Some(request)) => {
+                    self.backlog_bytes += format::frame_bytes(request.payload.len());
+                    self.backlog.push_back(request);
+                }
+                Poll::Ready(None) => self.queue_closed = true,
+                Poll::Pending => break,
+            }
         }
-        let bytes = self.buffered_bytes();
-        let result = self
+    }
+
+    fn segment_has_room(&self, frame_bytes: u64) -> bool {
+        self.active.write_offset + frame_bytes <= self.active.capacity_bytes
+    }
+
+    /// Frames as much of the backlog as fits the slot and the segment, and
+    /// submits it.
+    fn submit_write(&mut self) {
+        let slot = self
             .device
-            .write_sync(&self.active.file, self.active.write_offset);
-        self.device.buffer_mut().clear();
-        match result {
-            Ok(()) => {
-                self.active.write_offset += bytes;
-                let end = self.active.next_lsn();
-                assert!(end.0 == self.write_lsn.0 + bytes);
-                self.write_lsn = end;
-                self.shared.publish_durable(end);
-                self.shared
-                    .records
-                    .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
-                self.shared.syncs.fetch_add(1, Ordering::Relaxed);
-                self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
-                for (done, lsn) in self.pending.drain(..) {
-                    let _ = done.send(Ok(lsn));
-                }
+            .take_slot()
+            .expect("caller checked for a free slot");
+        let start_lsn = self.active.next_lsn();
+        let inflight_lsn = self.in_flight.front().map_or(start_lsn, |w| w.start_lsn);
+        let capacity = self.device.capacity() as u64;
+        let mut waiters = Vec::new();
+        let mut lsn = start_lsn;
+        while let Some(request) = self.backlog.front() {
+            let frame_bytes = format::frame_bytes(request.payload.len());
+            let buffered = lsn.0 - start_lsn.0;
+            let fits_buffer = buffered + frame_bytes <= capacity;
+            if !fits_buffer || !self.segment_has_room(buffered + frame_bytes) {
+                break;
             }
-            Err(io_err) => {
+            let request = self.backlog.pop_front().expect("front exists");
+            self.backlog_bytes -= frame_bytes;
+            let frame = Frame {
+                lsn,
+                write_lsn: start_lsn,
+                inflight_lsn,
+                kind: request.kind,
+                payload: &request.payload,
+            };
+            format::encode_frame(self.device.buffer_mut(slot), &frame);
+            waiters.push((request.done, lsn));
+            lsn = Lsn(lsn.0 + frame_bytes);
+        }
+        assert!(!waiters.is_empty(), "submit_write with nothing that fits");
+        let bytes = lsn.0 - start_lsn.0;
+        self.device
+            .submit(slot, &self.active.file, self.active.write_offset);
+        self.active.write_offset += bytes;
+        self.in_flight.push_back(InFlight {
+            slot,
+            start_lsn,
+            end_lsn: lsn,
+            waiters,
+            finished: false,
+            submitted_at: Instant::now(),
+        });
+    }
+
+    /// Takes finished writes (sleeping first as `wait` says) and
+    /// acknowledges every write at the front whose bytes, and all before,
+    /// are durable.
+    fn reap(&mut self, wait: Wait) {
+        let mut completions = std::mem::take(&mut self.completions);
+        if let Err(err) = self.device.reap(wait, &mut completions) {
+            self.poison(WalError::io(
+                "waiting for the WAL device in",
+                &self.shared.dir,
+                err,
+            ));
+        }
+        for completion in completions.drain(..) {
+            let write = self
+                .in_flight
+                .iter_mut()
+                .find(|w| w.slot == completion.slot && !w.finished)
+                .expect("a completion belongs to a write in flight");
+            write.finished = true;
+            let latency = write.submitted_at.elapsed();
+            self.write_latency_avg = (self.write_latency_avg * 7 + latency) / 8;
+            if let Err(io_err) = completion.result {
                 let err = WalError::io("write + fdatasync of", &self.active_path, io_err);
-                tracing::error!("WAL poisoned, no further writes: {err}");
-                for (done, _) in self.pending.drain(..) {
-                    let _ = done.send(Err(err.clone()));
-                }
-                self.poisoned = Some(err);
+                self.poison(err);
+            }
+        }
+        self.completions = completions;
+        while self.in_flight.front().is_some_and(|w| w.finished) {
+            let write = self.in_flight.pop_front().expect("front exists");
+            match &self.poisoned {
+                Some(err) => fail_waiters(write.waiters, err),
+                None => self.acknowledge(write),
             }
         }
     }
 
-    /// Starts the next segment at the current end of the log.
+    fn acknowledge(&mut self, write: InFlight) {
+        assert!(write.end_lsn > write.start_lsn);
+        self.shared.publish_durable(write.end_lsn);
+        let shared = &self.shared;
+        shared
+            .records
+            .fetch_add(write.waiters.len() as u64, Ordering::Relaxed);
+        shared.syncs.fetch_add(1, Ordering::Relaxed);
+        shared
+            .bytes
+            .fetch_add(write.end_lsn.0 - write.start_lsn.0, Ordering::Relaxed);
+        for (done, lsn) in write.waiters {
+            let _ = done.send(Ok(lsn));
+        }
+    }
+
+    fn poison(&mut self, err: WalError) {
+        if self.poisoned.is_none() {
+            tracing::error!("WAL poisoned, no further writes: {err}");
+            self.poisoned = Some(err);
+        }
+    }
+
+    fn fail_backlog(&mut self) {
+        let err = self.poisoned.clone().expect("poisoned");
+        for request in self.backlog.drain(..) {
+            let _ = request
+                .done
+                .send(Err(WalError::Poisoned(Box::new(err.clone()))));
+        }
+        self.backlog_bytes = 0;
+    }
+
+    /// The segment is full and every write in it is durable: start the next
+    /// one. If that fails (no space for a new segment), fail the backlog and
+    /// carry on; the next append tries again.
+    fn rollover_or_fail(&mut self) {
+        if let Err(err) = self.rollover() {
+            tracing::error!("WAL: cannot start a new segment: {err}");
+            for request in self.backlog.drain(..) {
+                let _ = request.done.send(Err(err.clone()));
+            }
+            self.backlog_bytes = 0;
+        }
+    }
+
     fn rollover(&mut self) -> Result<()> {
-        assert!(self.pending.is_empty(), "rollover with unflushed frames");
+        assert!(self.in_flight.is_empty(), "rollover with writes in flight");
         let header = SegmentHeader {
             first_lsn: self.active.next_lsn(),
             epoch: self.config.epoch,
@@ -200,7 +330,7 @@ impl Writer {
             Err(err) => {
                 // A failed header sync or rename leaves the directory in a
                 // state we will not guess about: stop writing.
-                self.poisoned = Some(err.clone());
+                self.poison(err.clone());
                 return Err(err);
             }
         };
@@ -215,7 +345,12 @@ impl Writer {
             write_offset: SEGMENT_HEADER_BYTES as u64,
         };
         self.active_path = path;
-        self.write_lsn = header.first_lsn;
         Ok(())
+    }
+}
+
+fn fail_waiters(waiters: Vec<Waiter>, err: &WalError) {
+    for (done, _) in waiters {
+        let _ = done.send(Err(WalError::Poisoned(Box::new(err.clone()))));
     }
 }

@@ -1,12 +1,13 @@
 //! Model-based property test: random rounds of appends (single and grouped
-//! writes), each followed by a simulated crash (the last write torn:
-//! truncated, zeroed or garbled from a random offset; or no damage) and a
-//! reopen. After every reopen the log must hold exactly a prefix of what was
-//! written, containing every acknowledged record. Acknowledged = every record
-//! except those of the last write, which a real crash could have caught in
-//! flight (the writer has one write in flight at a time).
+//! writes), each followed by a simulated crash (the writes that were in
+//! flight torn: truncated, zeroed or garbled from a random offset; or no
+//! damage) and a reopen. After every reopen the log must hold exactly a
+//! prefix of what was written, containing every acknowledged record. The
+//! writes a real crash could have caught in flight are those from the last
+//! record's `inflight_lsn` on (the oldest write not yet durable when the last
+//! write was submitted); everything before it had been acknowledged.
 //!
-//! A second property damages a byte *before* the last write: open must then
+//! A second property damages a byte before that point: open must then
 //! refuse and name the segment file, never silently drop synced records.
 
 mod common;
@@ -121,17 +122,20 @@ fn locate(dir: &Path, lsn: Lsn) -> (std::path::PathBuf, u64) {
     )
 }
 
-fn apply(dir: &Path, last_write: Lsn, end: Lsn, damage: &Damage) -> Lsn {
-    let span = end.0 - last_write.0;
-    let at = |fraction: f64| Lsn(last_write.0 + (span as f64 * fraction) as u64);
+fn apply(dir: &Path, in_flight_from: Lsn, end: Lsn, damage: &Damage) -> Lsn {
+    let span = end.0 - in_flight_from.0;
+    let at = |fraction: f64| Lsn(in_flight_from.0 + (span as f64 * fraction) as u64);
     let (from, path_offset) = match damage {
         Damage::None => return end,
         Damage::Truncate(f) | Damage::Zero(f) | Damage::Garble(f, _) => {
             let from = at(*f);
-            (from, locate(dir, last_write).1 + (from.0 - last_write.0))
+            (
+                from,
+                locate(dir, in_flight_from).1 + (from.0 - in_flight_from.0),
+            )
         }
     };
-    let (path, _) = locate(dir, last_write);
+    let (path, _) = locate(dir, in_flight_from);
     let file = OpenOptions::new()
         .write(true)
         .open(&path)
@@ -164,14 +168,14 @@ fn check_round_trip(backend: Backend, rounds: &[Round]) -> Result<(), TestCaseEr
         };
         prop_assert!(written.starts_with(&model), "earlier records changed");
         let last = written.last().expect("at least one record");
-        let damaged_from = apply(dir.path(), last.write_lsn, last.end_lsn(), &round.damage);
+        let damaged_from = apply(dir.path(), last.inflight_lsn, last.end_lsn(), &round.damage);
         let wal = Wal::open(dir.path(), config(backend)).expect("reopen after simulated crash");
         let recovered = common::read_all(&wal);
         prop_assert!(
             written.starts_with(&recovered),
             "recovered log is not a prefix of what was written"
         );
-        let acked = written.iter().filter(|r| r.lsn < last.write_lsn).count();
+        let acked = written.iter().filter(|r| r.lsn < last.inflight_lsn).count();
         let untouched = written
             .iter()
             .filter(|r| r.end_lsn() <= damaged_from)
@@ -211,8 +215,8 @@ fn check_corruption_detected(
         }
     }
     let written = common::read_all(&Wal::open(dir.path(), config(backend)).expect("open"));
-    let last_write = written.last().expect("records").write_lsn;
-    let synced: Vec<&Record> = written.iter().filter(|r| r.lsn < last_write).collect();
+    let in_flight_from = written.last().expect("records").inflight_lsn;
+    let synced: Vec<&Record> = written.iter().filter(|r| r.lsn < in_flight_from).collect();
     prop_assume!(!synced.is_empty());
     let victim = synced[((synced.len() - 1) as f64 * pick) as usize];
     let victim_len = victim.end_lsn().0 - victim.lsn.0;
@@ -260,7 +264,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn crash_in_the_last_write_keeps_an_acknowledged_prefix(rounds in prop::collection::vec(round(), 1..8)) {
+    fn crash_with_writes_in_flight_keeps_an_acknowledged_prefix(rounds in prop::collection::vec(round(), 1..8)) {
         for backend in common::backends() {
             check_round_trip(backend, &rounds)?;
         }
