@@ -6,23 +6,30 @@
 //!   prefixed with a `0x00` byte is a good seed).
 //! - `1`: a valid header built from the input, then arbitrary bytes, so the
 //!   fuzzer does not have to find the header CRC before reaching frames.
-//! - otherwise: a valid segment built from arbitrary writes of arbitrary
-//!   records (over the stale frames of a recycled segment, sometimes), then
-//!   up to three mutations (flip a bit, zero a range, truncate). Besides the
-//!   invariants below, the outcome is checked against the records that were
-//!   encoded: the most valuable mode, as random bytes rarely pass the CRCs.
+//! - otherwise: a valid segment built from arbitrary pipelined writes of
+//!   arbitrary records (each write's frames carry as `inflight_lsn` the start
+//!   of the write itself or of one of the 1..=3 writes before it), sometimes
+//!   over the stale frames of a recycled segment, then up to three mutations
+//!   (flip a bit, zero a range, truncate). Besides the invariants below, the
+//!   outcome is checked against the records that were encoded: the most
+//!   valuable mode, as random bytes rarely pass the CRCs. The first damaged
+//!   record must be `ScanError::Corrupt` at its offset if an intact record
+//!   after it has `inflight_lsn` above its LSN (that write was submitted
+//!   after the damaged one was durable), else a torn tail: scan Ok with
+//!   exactly the records before it.
 //!
 //! In every mode: no panic; a decoded header re-encodes to the same 64 bytes;
 //! if the scan succeeds, `end_lsn >= first_lsn` and walking frames from the
 //! header with `decode_frame` gives exactly `record_count` frames ending at
-//! `end_lsn`, each re-encoding to exactly its input bytes; the reported tail
-//! or corruption is the one the bytes after the run show.
+//! `end_lsn`, each re-encoding to exactly its input bytes, with
+//! `first <= inflight_lsn <= write_lsn <= lsn`; the reported tail or
+//! corruption is the one the valid frames after the run show.
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use tc_wal::format::{
-    FrameError, Lsn, SEGMENT_HEADER_BYTES, ScanError, SegmentHeader, SegmentScan, decode_frame,
-    encode_frame, frame_bytes, scan_segment,
+    FRAME_HEADER_BYTES, Frame, FrameError, Lsn, SEGMENT_HEADER_BYTES, ScanError, SegmentHeader,
+    SegmentScan, decode_frame, encode_frame, frame_bytes, scan_segment,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -138,17 +145,15 @@ fn check_scan(bytes: &[u8], limit: u32) -> Result<SegmentScan, ScanError> {
             )
             .expect("the later frame is valid");
             assert!(
-                later.write_lsn > *lsn,
-                "the later frame is of a later write"
+                later.inflight_lsn > *lsn,
+                "the later frame's write was submitted after the damaged one was durable"
             );
-            if let Some((first_valid, write_lsn)) =
-                valid_frames_after(bytes, header.first_lsn, limit, offset).first()
-            {
-                assert!(later_offset >= *first_valid);
-                if *write_lsn > *lsn {
-                    assert_eq!(later_offset, *first_valid);
-                }
-            }
+            // It is the first such frame met after the damage.
+            let first_later = frames_after(bytes, header.first_lsn, limit, offset)
+                .into_iter()
+                .find(|found| found.inflight_lsn > *lsn)
+                .map(|found| found.offset);
+            assert_eq!(first_later, Some(later_offset));
         }
         (Ok(_), Err(other)) => panic!("valid header but scan gave {other:?}"),
     }
@@ -169,7 +174,7 @@ fn checked_frame(bytes: &[u8], first: Lsn, limit: u32, offset: usize) -> Option<
     let frame = decode_frame(bytes.get(offset..)?, lsn, first, limit).ok()?;
     assert_eq!(frame.lsn, lsn);
     assert!(frame.payload.len() <= limit as usize);
-    assert!(first <= frame.write_lsn && frame.write_lsn <= lsn);
+    check_write_starts(&frame, first, &bytes[offset..]);
     let end = offset + frame_bytes(frame.payload.len()) as usize;
     let end_lsn = lsn
         .0
@@ -177,15 +182,27 @@ fn checked_frame(bytes: &[u8], first: Lsn, limit: u32, offset: usize) -> Option<
         .expect("a valid frame's end lsn fits u64");
     assert_eq!(frame.end_lsn(), Lsn(end_lsn));
     let mut encoded = Vec::new();
-    encode_frame(
-        &mut encoded,
-        frame.lsn,
-        frame.write_lsn,
-        frame.kind,
-        frame.payload,
-    );
+    encode_frame(&mut encoded, &frame);
     assert_eq!(encoded[..], bytes[offset..end], "frame round trip");
     Some((end, Lsn(end_lsn)))
+}
+
+/// A decoded frame's write and in-flight starts are in order and are its
+/// back fields (header bytes 16..20 and 20..24) subtracted from its LSN.
+fn check_write_starts(frame: &Frame<'_>, first: Lsn, bytes: &[u8]) {
+    assert!(
+        first <= frame.inflight_lsn
+            && frame.inflight_lsn <= frame.write_lsn
+            && frame.write_lsn <= frame.lsn,
+        "write starts out of order: {frame:?} in a segment from {first}"
+    );
+    let back = |at: usize| u64::from(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()));
+    assert_eq!(frame.write_lsn, Lsn(frame.lsn.0 - back(16)), "write_back");
+    assert_eq!(
+        frame.inflight_lsn,
+        Lsn(frame.lsn.0 - back(20)),
+        "inflight_back"
+    );
 }
 
 /// Walks valid frames from the header until `stop` (or the first invalid
@@ -203,15 +220,37 @@ fn walk_until(bytes: &[u8], first: Lsn, limit: u32, stop: usize) -> (usize, Lsn)
     (offset, lsn)
 }
 
-/// Every offset after `offset` holding a valid frame, with its write LSN.
-fn valid_frames_after(bytes: &[u8], first: Lsn, limit: u32, offset: usize) -> Vec<(usize, Lsn)> {
-    (offset + 1..bytes.len())
-        .filter_map(|probe| {
-            let lsn = lsn_at(first, probe)?;
-            let frame = decode_frame(&bytes[probe..], lsn, first, limit).ok()?;
-            Some((probe, frame.write_lsn))
-        })
-        .collect()
+/// A valid frame found after the damage.
+struct Found {
+    offset: usize,
+    end: usize,
+    inflight_lsn: Lsn,
+}
+
+/// The valid frames met after the damage at `offset` when resynchronising:
+/// the first valid frame after `offset`, then the first at or after that
+/// frame's end, and so on (bytes inside a valid frame are its payload, not
+/// frames).
+fn frames_after(bytes: &[u8], first: Lsn, limit: u32, offset: usize) -> Vec<Found> {
+    let mut found = Vec::new();
+    let mut probe = offset + 1;
+    while probe + FRAME_HEADER_BYTES <= bytes.len() {
+        let frame = lsn_at(first, probe)
+            .and_then(|lsn| decode_frame(&bytes[probe..], lsn, first, limit).ok());
+        match frame {
+            Some(frame) => {
+                let end = probe + frame_bytes(frame.payload.len()) as usize;
+                found.push(Found {
+                    offset: probe,
+                    end,
+                    inflight_lsn: frame.inflight_lsn,
+                });
+                probe = end;
+            }
+            None => probe += 1,
+        }
+    }
+    found
 }
 
 fn check_run(bytes: &[u8], limit: u32, scan: &SegmentScan) {
@@ -237,11 +276,12 @@ fn check_run(bytes: &[u8], limit: u32, scan: &SegmentScan) {
         let stop = decode_frame(rest, lsn, first, limit).expect_err("the run stops at a bad frame");
         Some(stop)
     };
-    let later = valid_frames_after(bytes, first, limit, offset);
-    if let Some((_, write_lsn)) = later.first() {
-        assert!(
-            *write_lsn <= lsn,
-            "a frame of a later write follows the damage, but the scan found no corruption"
+    let later = frames_after(bytes, first, limit, offset);
+    if let Some(found) = later.iter().find(|found| found.inflight_lsn > lsn) {
+        panic!(
+            "the frame at offset {} was submitted after {lsn} was durable (in flight from {}), \
+             but the scan found no corruption",
+            found.offset, found.inflight_lsn
         );
     }
     match (&scan.tail, stop) {
@@ -263,6 +303,14 @@ fn check_run(bytes: &[u8], limit: u32, scan: &SegmentScan) {
                 offset < dirty && dirty <= bytes.len(),
                 "dirty range {dirty}"
             );
+            if let Some(found) = later.last() {
+                assert!(
+                    dirty >= found.end,
+                    "dirty range {dirty} leaves the valid frame at {}..{}",
+                    found.offset,
+                    found.end
+                );
+            }
             if later.is_empty() {
                 assert!(
                     !matches!(
@@ -283,7 +331,7 @@ type Record = (u8, Vec<u8>);
 struct Spec {
     first_lsn: u64,
     epoch: u64,
-    writes: Vec<Vec<Record>>,
+    writes: Vec<Write>,
     /// Frames of an older use of the file, this many LSNs (+1) before.
     stale: Option<(u16, Vec<Record>)>,
     zero_tail: u16,
@@ -291,6 +339,16 @@ struct Spec {
     past_the_end: Vec<u8>,
     limit_slack: u8,
     mutations: Vec<Mutation>,
+}
+
+/// The records of one write + fdatasync.
+#[derive(Arbitrary, Debug)]
+struct Write {
+    /// How many non-empty writes back the oldest write still in flight when
+    /// this one was submitted is, modulo 4 (0: none, its own start is its
+    /// `inflight_lsn`; more than there are: the segment's first write).
+    inflight_back: u8,
+    records: Vec<Record>,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -313,19 +371,29 @@ struct Original {
     end: usize,
     lsn: Lsn,
     write_lsn: Lsn,
+    inflight_lsn: Lsn,
     kind: u8,
     payload: Vec<u8>,
 }
 
+/// Encodes `writes`, each given as (how many writes back its oldest
+/// in-flight write is, modulo 4; its records), from LSN `first` on.
 fn encode_writes<'a>(
     first: u64,
-    writes: impl IntoIterator<Item = &'a [Record]>,
+    writes: impl IntoIterator<Item = (u8, &'a [Record])>,
 ) -> (Vec<u8>, Vec<Original>) {
     let mut body = Vec::new();
     let mut records = Vec::new();
     let mut lsn = first;
-    'writes: for write in writes {
+    // Where each earlier non-empty write of this segment started.
+    let mut write_starts: Vec<u64> = Vec::new();
+    'writes: for (inflight_back, write) in writes {
         let write_lsn = lsn;
+        let back = usize::from(inflight_back % 4).min(write_starts.len());
+        let inflight_lsn = write_starts[write_starts.len() - back..]
+            .first()
+            .copied()
+            .unwrap_or(write_lsn);
         for (kind, payload) in write {
             let payload = &payload[..payload.len().min(MAX_PAYLOAD)];
             if records.len() == MAX_RECORDS {
@@ -336,30 +404,48 @@ fn encode_writes<'a>(
             };
             let offset = SEGMENT_HEADER_BYTES + body.len();
             let kind = (*kind).max(1);
-            encode_frame(&mut body, Lsn(lsn), Lsn(write_lsn), kind, payload);
+            let frame = Frame {
+                lsn: Lsn(lsn),
+                write_lsn: Lsn(write_lsn),
+                inflight_lsn: Lsn(inflight_lsn),
+                kind,
+                payload,
+            };
+            encode_frame(&mut body, &frame);
             records.push(Original {
                 offset,
                 end: SEGMENT_HEADER_BYTES + body.len(),
                 lsn: Lsn(lsn),
                 write_lsn: Lsn(write_lsn),
+                inflight_lsn: Lsn(inflight_lsn),
                 kind,
                 payload: payload.to_vec(),
             });
             lsn = end_lsn;
+        }
+        if lsn != write_lsn {
+            write_starts.push(write_lsn);
         }
     }
     (body, records)
 }
 
 fn mutated_segment(spec: &Spec) {
-    let writes = || spec.writes.iter().map(Vec::as_slice);
+    let writes = || {
+        spec.writes
+            .iter()
+            .map(|write| (write.inflight_back, write.records.as_slice()))
+    };
     // Sizes do not depend on the LSNs; the LSNs must leave room for the
     // whole segment below 2^64, or the header is (rightly) refused.
     let body_bytes = encode_writes(0, writes()).0.len();
     let stale_bytes = spec.stale.as_ref().map_or(0, |(_, stale)| {
-        encode_writes(0, stale.iter().map(std::slice::from_ref))
-            .0
-            .len()
+        encode_writes(
+            0,
+            stale.iter().map(|record| (0, std::slice::from_ref(record))),
+        )
+        .0
+        .len()
     });
     let file_bytes =
         SEGMENT_HEADER_BYTES + body_bytes.max(stale_bytes) + usize::from(spec.zero_tail % 4096);
@@ -370,7 +456,8 @@ fn mutated_segment(spec: &Spec) {
         .as_ref()
         .and_then(|(distance, stale)| {
             let stale_first = first.0.checked_sub(u64::from(*distance) + 1)?;
-            Some(encode_writes(stale_first, stale.iter().map(std::slice::from_ref)).0)
+            let stale_writes = stale.iter().map(|record| (0, std::slice::from_ref(record)));
+            Some(encode_writes(stale_first, stale_writes).0)
         })
         .unwrap_or_default();
     let end_lsn = records
@@ -427,10 +514,17 @@ fn mutated_segment(spec: &Spec) {
             let frame = decode_frame(&bytes[offset..], record.lsn, first, limit)
                 .expect("a reported record is valid");
             assert_eq!(
-                (frame.lsn, frame.write_lsn, frame.kind, frame.payload),
+                (
+                    frame.lsn,
+                    frame.write_lsn,
+                    frame.inflight_lsn,
+                    frame.kind,
+                    frame.payload
+                ),
                 (
                     record.lsn,
                     record.write_lsn,
+                    record.inflight_lsn,
                     record.kind,
                     &record.payload[..]
                 ),
@@ -460,9 +554,11 @@ fn mutated_segment(spec: &Spec) {
         return;
     };
     let at = &records[damaged];
+    // An intact record whose write was submitted after the damaged one was
+    // durable: the damage cannot be a torn in-flight write.
     let later_write = records[damaged + 1..]
         .iter()
-        .find(|r| r.write_lsn > at.lsn && intact(r));
+        .find(|r| r.inflight_lsn > at.lsn && intact(r));
     match (later_write, scan) {
         (
             Some(later),
@@ -481,8 +577,8 @@ fn mutated_segment(spec: &Spec) {
             assert!(later_offset <= later.offset as u64);
         }
         (Some(later), other) => panic!(
-            "record {damaged} at offset {} is damaged and an intact record of a later write \
-             follows at offset {}, yet the scan gave {other:?}",
+            "record {damaged} at offset {} is damaged and an intact record submitted after it \
+             was durable follows at offset {}, yet the scan gave {other:?}",
             at.offset, later.offset
         ),
         (None, Ok(scan)) => {
@@ -493,7 +589,7 @@ fn mutated_segment(spec: &Spec) {
             assert_eq!(scan.end_lsn, at.lsn);
         }
         (None, Err(e)) => panic!(
-            "only the last write (from record {damaged}) is damaged, yet the scan gave {e:?}"
+            "only writes in flight with record {damaged} are damaged, yet the scan gave {e:?}"
         ),
     }
 }

@@ -4,20 +4,26 @@
 //!
 //! 1. Random bytes (raw, or behind a valid header) through `scan_segment`,
 //!    `SegmentHeader::decode` and `decode_frame`: no panic; a decoded header
-//!    or frame re-encodes to exactly its input bytes; a successful scan has
-//!    `end_lsn >= first_lsn` and walking `record_count` frames from the
-//!    header ends at `end_lsn`.
-//! 2. A valid segment of random writes, then a few random mutations (flip a
-//!    byte, zero a range, truncate): no panic; an accepted run is a prefix of
-//!    the records written; with the header intact, the first damaged record
-//!    is a torn tail (scan Ok, records before it) unless an intact record of
-//!    a later write follows it, and then it is corruption reported at its
-//!    file offset.
+//!    or frame re-encodes to exactly its input bytes; a decoded frame has
+//!    `first <= inflight_lsn <= write_lsn <= lsn`, read from its back fields;
+//!    a successful scan has `end_lsn >= first_lsn`, walking `record_count`
+//!    frames from the header ends at `end_lsn`, and no valid frame after the
+//!    run (as the scan resynchronises) was submitted after the run's end was
+//!    durable (`inflight_lsn > end_lsn`).
+//! 2. A valid segment of random pipelined writes (each write's frames carry
+//!    the start of the write itself or of one of the 1..=3 writes before it
+//!    as `inflight_lsn`), then a few random mutations (flip a byte, zero a
+//!    range, truncate): no panic; an accepted run is a prefix of the records
+//!    written, `inflight_lsn` included; with the header intact, the first
+//!    damaged record is a torn tail (scan Ok, records before it) unless an
+//!    intact record after it has `inflight_lsn` above its LSN (its write was
+//!    submitted after the damaged one was durable), and then it is corruption
+//!    reported at its file offset.
 
 use proptest::prelude::*;
 use tc_wal::format::{
-    FrameError, Lsn, SEGMENT_HEADER_BYTES, ScanError, SegmentHeader, SegmentScan, decode_frame,
-    encode_frame, frame_bytes, scan_segment,
+    FRAME_HEADER_BYTES, Frame, FrameError, Lsn, SEGMENT_HEADER_BYTES, ScanError, SegmentHeader,
+    SegmentScan, decode_frame, encode_frame, frame_bytes, scan_segment,
 };
 
 const CASES: u32 = 384;
@@ -38,22 +44,52 @@ fn checked_frame(bytes: &[u8], first: Lsn, limit: u32, offset: usize) -> Option<
         frame.payload.len() <= limit as usize,
         "payload over the limit"
     );
-    assert!(first <= frame.write_lsn && frame.write_lsn <= lsn);
+    check_write_starts(&frame, first, &bytes[offset..]);
     let end = offset + frame_bytes(frame.payload.len()) as usize;
     let end_lsn = lsn
         .0
         .checked_add(frame_bytes(frame.payload.len()))
         .expect("a valid frame's end lsn fits u64");
     let mut encoded = Vec::new();
-    encode_frame(
-        &mut encoded,
-        frame.lsn,
-        frame.write_lsn,
-        frame.kind,
-        frame.payload,
-    );
+    encode_frame(&mut encoded, &frame);
     assert_eq!(encoded[..], bytes[offset..end], "frame round trip");
     Some((end, Lsn(end_lsn)))
+}
+
+/// A decoded frame's write and in-flight starts are in order and are its
+/// back fields (header bytes 16..20 and 20..24) subtracted from its LSN.
+fn check_write_starts(frame: &Frame<'_>, first: Lsn, bytes: &[u8]) {
+    assert!(
+        first <= frame.inflight_lsn
+            && frame.inflight_lsn <= frame.write_lsn
+            && frame.write_lsn <= frame.lsn,
+        "write starts out of order: {frame:?} in a segment from {first}"
+    );
+    let back = |at: usize| u64::from(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()));
+    assert_eq!(frame.write_lsn, Lsn(frame.lsn.0 - back(16)));
+    assert_eq!(frame.inflight_lsn, Lsn(frame.lsn.0 - back(20)));
+}
+
+/// The valid frames the scan meets after the damage at `offset`, as it
+/// resynchronises: the first valid frame after `offset`, then the first
+/// at or after that frame's end, and so on (bytes inside a valid frame are
+/// its payload, not frames). Each as (offset, end offset, inflight LSN).
+fn frames_after(bytes: &[u8], first: Lsn, limit: u32, offset: usize) -> Vec<(usize, usize, Lsn)> {
+    let mut found = Vec::new();
+    let mut probe = offset + 1;
+    while probe + FRAME_HEADER_BYTES <= bytes.len() {
+        let frame = lsn_at(first, probe)
+            .and_then(|lsn| decode_frame(&bytes[probe..], lsn, first, limit).ok());
+        match frame {
+            Some(frame) => {
+                let end = probe + frame_bytes(frame.payload.len()) as usize;
+                found.push((probe, end, frame.inflight_lsn));
+                probe = end;
+            }
+            None => probe += 1,
+        }
+    }
+    found
 }
 
 /// Scans `bytes`, checks the result against what the bytes show, returns it.
@@ -84,19 +120,32 @@ fn check_scan(bytes: &[u8], limit: u32) -> Result<SegmentScan, ScanError> {
             if offset < bytes.len() {
                 let stop = decode_frame(&bytes[offset..], lsn, first, limit)
                     .expect_err("the run stops at a bad frame");
+                let later = frames_after(bytes, first, limit, offset);
+                if let Some((at, _, inflight)) = later.iter().find(|f| f.2 > lsn) {
+                    panic!(
+                        "the frame at offset {at} was submitted after {lsn} was durable \
+                         (in flight from {inflight}), yet the scan found no corruption"
+                    );
+                }
                 match &scan.tail {
                     Some(tail) => {
                         assert_eq!(tail.cause, stop);
                         let dirty = tail.dirty_until_offset as usize;
                         assert!(offset < dirty && dirty <= bytes.len());
+                        if let Some((_, end, _)) = later.last() {
+                            assert!(dirty >= *end, "valid frames left after the dirty range");
+                        }
                     }
-                    None => assert!(
-                        matches!(
-                            stop,
-                            FrameError::Empty { .. } | FrameError::LsnMismatch { .. }
-                        ) || bytes[offset..].iter().all(|&b| b == 0),
-                        "damage {stop:?} at the end of the run not reported"
-                    ),
+                    None => {
+                        assert!(
+                            matches!(
+                                stop,
+                                FrameError::Empty { .. } | FrameError::LsnMismatch { .. }
+                            ) || bytes[offset..].iter().all(|&b| b == 0),
+                            "damage {stop:?} at the end of the run not reported"
+                        );
+                        assert!(later.is_empty(), "valid frames after the run ignored");
+                    }
                 }
             } else {
                 assert_eq!(scan.tail, None);
@@ -124,9 +173,15 @@ fn check_scan(bytes: &[u8], limit: u32) -> Result<SegmentScan, ScanError> {
             let later = decode_frame(&bytes[later_offset..], later_lsn, first, limit)
                 .expect("the later record is valid");
             assert!(
-                later.write_lsn > *lsn,
-                "the later record is of a later write"
+                later.inflight_lsn > *lsn,
+                "the later record's write was submitted after the damaged one was durable"
             );
+            // It is the first such frame the scan meets after the damage.
+            let first_later = frames_after(bytes, first, limit, offset)
+                .into_iter()
+                .find(|f| f.2 > *lsn)
+                .map(|f| f.0);
+            assert_eq!(first_later, Some(later_offset));
         }
         Err(other) => panic!("valid header but the scan gave {other:?}"),
     }
@@ -187,9 +242,10 @@ proptest! {
         match decode_frame(&bytes, lsn, first, limit) {
             Ok(frame) => {
                 assert!(frame.payload.len() <= limit as usize);
+                check_write_starts(&frame, first, &bytes);
                 let total = frame_bytes(frame.payload.len()) as usize;
                 let mut encoded = Vec::new();
-                encode_frame(&mut encoded, frame.lsn, frame.write_lsn, frame.kind, frame.payload);
+                encode_frame(&mut encoded, &frame);
                 assert_eq!(encoded[..], bytes[..total]);
             }
             Err(FrameError::Truncated { needed, available, .. }) => {
@@ -220,9 +276,15 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-/// Writes (each a list of (kind, payload size) records).
-fn writes() -> impl Strategy<Value = Vec<Vec<(u8, usize)>>> {
-    prop::collection::vec(prop::collection::vec((1..=255u8, 0..300usize), 1..5), 1..6)
+/// A write: how many writes back its oldest in-flight write is (0: none
+/// was in flight; more than there are writes before it: the first one),
+/// and its (kind, payload size) records.
+type Write = (usize, Vec<(u8, usize)>);
+
+/// Writes, some submitted while up to 3 earlier ones were in flight.
+fn writes() -> impl Strategy<Value = Vec<Write>> {
+    let records = prop::collection::vec((1..=255u8, 0..300usize), 1..5);
+    prop::collection::vec((0..=3usize, records), 1..7)
 }
 
 #[derive(Debug)]
@@ -231,33 +293,46 @@ struct Written {
     end: usize,
     lsn: Lsn,
     write_lsn: Lsn,
+    inflight_lsn: Lsn,
     kind: u8,
     payload: Vec<u8>,
 }
 
 /// A valid segment holding `writes`, followed by `zero_tail` zero bytes.
-fn segment(
-    first: Lsn,
-    writes: &[Vec<(u8, usize)>],
-    zero_tail: usize,
-    seed: u8,
-) -> (Vec<u8>, Vec<Written>) {
+fn segment(first: Lsn, writes: &[Write], zero_tail: usize, seed: u8) -> (Vec<u8>, Vec<Written>) {
     let mut body = Vec::new();
     let mut records = Vec::new();
     let mut lsn = first;
-    for write in writes {
+    let mut write_starts: Vec<Lsn> = Vec::new();
+    for (back, write) in writes {
         let write_lsn = lsn;
+        let back = (*back).min(write_starts.len());
+        let inflight_lsn = write_starts
+            .len()
+            .checked_sub(back)
+            .and_then(|index| write_starts.get(index))
+            .copied()
+            .unwrap_or(write_lsn);
+        write_starts.push(write_lsn);
         for &(kind, size) in write {
             let payload: Vec<u8> = (0..size)
                 .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed ^ kind))
                 .collect();
             let offset = SEGMENT_HEADER_BYTES + body.len();
-            encode_frame(&mut body, lsn, write_lsn, kind, &payload);
+            let frame = Frame {
+                lsn,
+                write_lsn,
+                inflight_lsn,
+                kind,
+                payload: &payload,
+            };
+            encode_frame(&mut body, &frame);
             records.push(Written {
                 offset,
                 end: SEGMENT_HEADER_BYTES + body.len(),
                 lsn,
                 write_lsn,
+                inflight_lsn,
                 kind,
                 payload,
             });
@@ -352,8 +427,8 @@ proptest! {
                 let frame = decode_frame(&bytes[record.offset..], record.lsn, Lsn(first_lsn), limit)
                     .expect("a reported record is valid");
                 prop_assert_eq!(
-                    (frame.write_lsn, frame.kind, frame.payload),
-                    (record.write_lsn, record.kind, &record.payload[..])
+                    (frame.write_lsn, frame.inflight_lsn, frame.kind, frame.payload),
+                    (record.write_lsn, record.inflight_lsn, record.kind, &record.payload[..])
                 );
             }
         }
@@ -369,9 +444,11 @@ proptest! {
             return Ok(());
         };
         let at = &records[damaged];
+        // An intact record whose write was submitted after the damaged one
+        // was durable: the damage cannot be a torn in-flight write.
         let later_write = records[damaged + 1..]
             .iter()
-            .find(|r| r.write_lsn > at.lsn && intact(r));
+            .find(|r| r.inflight_lsn > at.lsn && intact(r));
         match (later_write, scan) {
             (Some(later), Err(ScanError::Corrupt { offset, lsn, later_offset, .. })) => {
                 prop_assert_eq!(offset, at.offset as u64);
@@ -380,8 +457,8 @@ proptest! {
             }
             (Some(later), other) => prop_assert!(
                 false,
-                "record {} at offset {} is damaged and an intact record of a later write \
-                 follows at offset {}, yet the scan gave {:?}",
+                "record {} at offset {} is damaged and an intact record submitted after it \
+                 was durable follows at offset {}, yet the scan gave {:?}",
                 damaged, at.offset, later.offset, other
             ),
             (None, Ok(scan)) => {
@@ -390,7 +467,7 @@ proptest! {
             }
             (None, Err(e)) => prop_assert!(
                 false,
-                "only the last write (from record {}) is damaged, yet the scan gave {:?}",
+                "only writes in flight with record {} are damaged, yet the scan gave {:?}",
                 damaged, e
             ),
         }
