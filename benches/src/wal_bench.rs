@@ -60,6 +60,10 @@ pub struct WalArgs {
     /// Warm-up seconds per run, excluded from every number.
     #[arg(long, default_value_t = 0.5, value_parser = parse_seconds, allow_negative_numbers = true)]
     pub warmup_seconds: f64,
+    /// Writes the io_uring backend keeps in flight (`WalConfig::writes_in_flight`;
+    /// the portable backend always has one). Default: the WAL's default.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub writes_in_flight: Option<u32>,
     /// Print one JSON object per run on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -247,9 +251,13 @@ fn run_one(
             path: bench_dir.to_owned(),
             source,
         })?;
+    let defaults = WalConfig::default();
     let config = WalConfig {
         backend: BackendChoice::Only(backend),
-        ..WalConfig::default()
+        writes_in_flight: args
+            .writes_in_flight
+            .map_or(defaults.writes_in_flight, |n| n as usize),
+        ..defaults
     };
     let wal = Wal::open(wal_dir.path(), config).map_err(wal_error)?;
     if wal.backend() != backend {
@@ -364,6 +372,7 @@ mod tests {
             record_bytes: 64,
             seconds: 0.3,
             warmup_seconds: 0.1,
+            writes_in_flight: None,
             json: true,
             dir: Some(dir.path().to_owned()),
         };

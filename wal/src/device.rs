@@ -76,8 +76,9 @@ pub enum BackendChoice {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Wait {
     No,
-    /// Until a write finishes or a producer sends (wake-up eventfd).
-    CompletionOrWakeup,
+    /// Until a write finishes or a producer sends (wake-up eventfd), or the
+    /// duration passes.
+    CompletionOrWakeup(Option<std::time::Duration>),
     /// Until a write finishes or the duration passes; sends do not wake.
     CompletionOrTimeout(std::time::Duration),
     /// Until a write finishes.
@@ -111,8 +112,26 @@ impl WakeFd {
         self.0.as_raw_fd()
     }
 
-    /// Blocks until woken; consumes every wake-up so far.
-    fn wait(&self) -> io::Result<()> {
+    /// Blocks until woken or `timeout` passes; consumes every wake-up so far.
+    fn wait(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        if let Some(timeout) = timeout {
+            let timespec = libc::timespec {
+                tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+                tv_nsec: timeout.subsec_nanos().into(),
+            };
+            let mut poll = libc::pollfd {
+                fd: self.raw(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd and a valid timespec; no signal mask.
+            let ready =
+                unsafe { libc::ppoll(&raw mut poll, 1, &raw const timespec, std::ptr::null()) };
+            if ready <= 0 {
+                // Timed out, or interrupted: the caller re-checks and decides.
+                return Ok(());
+            }
+        }
         let mut count = 0u64;
         loop {
             // SAFETY: reads 8 bytes into `count`, which is 8 bytes long.
@@ -299,10 +318,12 @@ impl Device {
         if self.done.is_empty() {
             match (self.uring.as_mut(), wait) {
                 (_, Wait::No) => {}
-                (None, Wait::CompletionOrWakeup) => self.wake.wait()?,
+                (None, Wait::CompletionOrWakeup(timeout)) => self.wake.wait(timeout)?,
                 // One write at a time, finished inside `submit`: nothing to wait for.
                 (None, Wait::CompletionOrTimeout(_) | Wait::Completion) => {}
-                (Some(uring), Wait::CompletionOrWakeup) => uring.wait(Some(&self.wake), None)?,
+                (Some(uring), Wait::CompletionOrWakeup(timeout)) => {
+                    uring.wait(Some(&self.wake), timeout)?
+                }
                 (Some(uring), Wait::CompletionOrTimeout(timeout)) => {
                     uring.wait(None, Some(timeout))?
                 }

@@ -42,8 +42,9 @@ pub struct WalConfig {
     /// Backend selection. Default: io_uring, else portable.
     pub backend: BackendChoice,
     /// Writes (each one write + one fdatasync) the io_uring backend keeps in
-    /// flight at once; parallel fdatasyncs overlap. The portable backend
-    /// always has one. Default 2.
+    /// flight at once. The portable backend always has one. Default 1: on the
+    /// reference VM a second write in flight did not raise throughput
+    /// (`docs/benchmarks.md`); disks whose flushes overlap may gain from 2.
     pub writes_in_flight: usize,
     /// Spare segments kept zero-filled ahead of need. Default 1.
     pub spare_segments: usize,
@@ -59,7 +60,7 @@ impl Default for WalConfig {
             queue_capacity: 4096,
             max_write_bytes: 4 << 20,
             backend: BackendChoice::Auto,
-            writes_in_flight: 2,
+            writes_in_flight: 1,
             spare_segments: 1,
             epoch: 0,
         }

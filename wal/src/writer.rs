@@ -56,9 +56,9 @@ struct InFlight {
     submitted_at: Instant,
 }
 
-/// Bounds of the pipeline delay (see `Writer::pipeline_delay`).
-const PIPELINE_DELAY_MIN: Duration = Duration::from_micros(5);
-const PIPELINE_DELAY_MAX: Duration = Duration::from_millis(2);
+/// Bounds of the gathering delays (see `Writer::gather_window`).
+const GATHER_WINDOW_MIN: Duration = Duration::from_micros(5);
+const GATHER_WINDOW_MAX: Duration = Duration::from_millis(1);
 
 pub(crate) struct Writer {
     config: WalConfig,
@@ -77,6 +77,10 @@ pub(crate) struct Writer {
     completions: Vec<Completion>,
     /// Moving average of how long a write takes from submit to durable.
     write_latency_avg: Duration,
+    /// Requests to gather before the next write when nothing is in flight:
+    /// those waiting when the last write was acknowledged plus the producers
+    /// of that write, who send again right away (see `gather`).
+    gather_target: usize,
     poisoned: Option<WalError>,
 }
 
@@ -109,11 +113,13 @@ impl Writer {
             in_flight: VecDeque::new(),
             completions: Vec::new(),
             write_latency_avg: Duration::from_micros(100),
+            gather_target: 0,
             poisoned: None,
         }
     }
 
     pub fn run(mut self) {
+        set_fine_timer_slack();
         loop {
             self.reap(Wait::No);
             if self.device.has_free_slot() {
@@ -132,6 +138,7 @@ impl Writer {
                         continue;
                     }
                 } else if self.device.has_free_slot() {
+                    self.gather();
                     self.submit_write();
                     continue;
                 }
@@ -150,16 +157,45 @@ impl Writer {
     /// - No slot free: until a write finishes.
     fn next_wait(&self) -> Wait {
         if self.in_flight.is_empty() {
-            Wait::CompletionOrWakeup
+            Wait::CompletionOrWakeup(None)
         } else if self.device.has_free_slot() && self.poisoned.is_none() {
-            Wait::CompletionOrTimeout(self.pipeline_delay())
+            Wait::CompletionOrTimeout(self.gather_window())
         } else {
             Wait::Completion
         }
     }
 
-    fn pipeline_delay(&self) -> Duration {
-        (self.write_latency_avg / 2).clamp(PIPELINE_DELAY_MIN, PIPELINE_DELAY_MAX)
+    /// Half a typical write: what gathering may add to a commit's latency.
+    fn gather_window(&self) -> Duration {
+        (self.write_latency_avg / 2).clamp(GATHER_WINDOW_MIN, GATHER_WINDOW_MAX)
+    }
+
+    /// Group commit's weak spot: the producers of the write just
+    /// acknowledged send again a few microseconds later, so a write started
+    /// at once carries only those that were already waiting, and batches
+    /// alternate between two halves of the producers. So with nothing in
+    /// flight, wait until `gather_target` requests are here, the write is
+    /// full, or `gather_window` passes, checking a few times on a timer (a
+    /// wake-up per send costs more than it saves). A lone producer (target
+    /// of one) never waits.
+    fn gather(&mut self) {
+        if !self.in_flight.is_empty() || self.gather_target < 2 {
+            return;
+        }
+        let window = self.gather_window();
+        let deadline = Instant::now() + window;
+        loop {
+            self.fill_backlog_with(Waker::noop());
+            let full = self.backlog_bytes >= self.config.max_write_bytes as u64;
+            if full || self.queue_closed || self.backlog.len() >= self.gather_target {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            self.reap(Wait::CompletionOrWakeup(Some(left.min(window / 4))));
+        }
     }
 
     /// Moves requests from the queue to the backlog without blocking, up to
@@ -167,10 +203,14 @@ impl Writer {
     /// flight, the next send wakes the writer; otherwise sends do not.
     fn fill_backlog(&mut self) {
         let waker = if self.in_flight.is_empty() {
-            &self.waker
+            self.waker.clone()
         } else {
-            Waker::noop()
+            Waker::noop().clone()
         };
+        self.fill_backlog_with(&waker);
+    }
+
+    fn fill_backlog_with(&mut self, waker: &Waker) {
         let mut context = Context::from_waker(waker);
         while !self.queue_closed && self.backlog_bytes < self.config.max_write_bytes as u64 {
             match self.requests.poll_recv(&mut context) {
@@ -273,6 +313,9 @@ impl Writer {
 
     fn acknowledge(&mut self, write: InFlight) {
         assert!(write.end_lsn > write.start_lsn);
+        // Counted before the acks go out: none of this write's producers can
+        // have sent again yet.
+        self.gather_target = self.requests.len() + self.backlog.len() + write.waiters.len();
         self.shared.publish_durable(write.end_lsn);
         let shared = &self.shared;
         shared
@@ -347,6 +390,13 @@ impl Writer {
         self.active_path = path;
         Ok(())
     }
+}
+
+/// Short timed waits (gathering) should not be stretched by the default
+/// 50 µs timer slack.
+fn set_fine_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer; affects this thread only.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
 }
 
 fn fail_waiters(waiters: Vec<Waiter>, err: &WalError) {

@@ -5,7 +5,8 @@
 //! every printed record is there with the right bytes, that the log is
 //! gap-free, and that each producer's records form an unbroken run (nothing
 //! after a hole is visible). 20 cycles per backend on one directory, so each
-//! cycle also recovers from the previous one's crash.
+//! cycle also recovers from the previous one's crash; cycles alternate one
+//! and two writes in flight.
 //!
 //! `harness = false`: this binary is both parent and child (`TC_CHILD_DIR`).
 //! Prints its seed; `TC_SEED=<n>` replays it. `TC_CRASH_CYCLES` overrides 20.
@@ -92,7 +93,13 @@ fn parse_record(payload: &[u8]) -> RecordId {
 }
 
 fn child(dir: &Path, backend: Backend, generation: u32) {
-    let wal = Wal::open(dir, common::small_config(backend)).expect("child open");
+    // Alternate one and two writes in flight (the latter only matters for
+    // io_uring): recovery must cope with either kind of crash.
+    let config = tc_wal::WalConfig {
+        writes_in_flight: 1 + (generation % 2) as usize,
+        ..common::small_config(backend)
+    };
+    let wal = Wal::open(dir, config).expect("child open");
     let threads: Vec<_> = (0..PRODUCERS)
         .map(|producer| {
             let wal = wal.clone();

@@ -91,7 +91,11 @@ fn uring_keeps_several_writes_in_flight_and_acks_in_order() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let wal = Wal::open(dir.path(), small_config(tc_wal::Backend::Uring)).expect("open");
+    let config = WalConfig {
+        writes_in_flight: 2,
+        ..small_config(tc_wal::Backend::Uring)
+    };
+    let wal = Wal::open(dir.path(), config).expect("open");
     let threads: Vec<_> = (0..16u64)
         .map(|t| {
             let wal = wal.clone();

@@ -65,6 +65,8 @@ fn round() -> impl Strategy<Value = Round> {
 fn config(backend: Backend) -> WalConfig {
     WalConfig {
         segment_bytes: 32 << 10,
+        // Pipelined io_uring writes: the harder case for recovery.
+        writes_in_flight: 2,
         ..common::small_config(backend)
     }
 }
