@@ -3,11 +3,11 @@
 //!
 //! - io_uring: each write is a `WriteFixed` linked to an `Fsync(DATASYNC)`,
 //!   submitted without waiting; up to `writes_in_flight` of them run at
-//!   once (parallel fdatasyncs overlap on ext4). The writer sleeps in
-//!   `io_uring_enter`, woken by a completion or by a read armed on the
-//!   wake-up eventfd.
+//!   once. The writer sleeps in `io_uring_enter`, woken by a completion, a
+//!   timeout, or a read armed on the wake-up eventfd. The kernel runs the
+//!   fsync on an io-wq worker thread, a hand-off the portable backend avoids.
 //! - portable: `pwrite` + `fdatasync` done inside `submit`; one write at a
-//!   time; the writer sleeps in `read` on the wake-up eventfd.
+//!   time; the writer sleeps in `ppoll`/`read` on the wake-up eventfd.
 //!
 //! Owns: the ring, one buffer per slot (allocated once, registered with the
 //! ring, never grown past its capacity), the wake-up eventfd.

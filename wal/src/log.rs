@@ -188,6 +188,11 @@ impl Shared {
             .map(|s| s.first_lsn)
             .unwrap_or_default()
     }
+
+    /// Called by the writer after installing a new segment.
+    pub fn push_segment(&self, info: SegmentInfo) {
+        self.segments().push(info);
+    }
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -475,11 +480,4 @@ fn create_first_segment(
         active,
         report,
     ))
-}
-
-impl Shared {
-    /// Called by the writer after installing a new segment.
-    pub fn push_segment(&self, info: SegmentInfo) {
-        self.segments().push(info);
-    }
 }
