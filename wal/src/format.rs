@@ -9,9 +9,9 @@
 //! Invariants:
 //! - A frame is valid iff its header fits, `kind != 0`, flags and reserved
 //!   are zero, its `lsn` field equals the LSN of the position it was read
-//!   from, `len <= max`, the payload fits, `write_lsn` lies between the
-//!   segment's first LSN and the frame's LSN, and the CRC matches. The LSN
-//!   check makes stale frames in a recycled segment invalid.
+//!   from, `len <= max`, the payload fits,
+//!   `segment first LSN <= inflight_lsn <= write_lsn <= lsn`, and the CRC
+//!   matches. The LSN check makes stale frames in a recycled segment invalid.
 //! - Decoders never panic, never index out of bounds and never allocate
 //!   from a length field: they only borrow from the input.
 
@@ -100,7 +100,8 @@ pub enum HeaderError {
     BadFirstLsn { first_lsn: Lsn, bytes: u64 },
 }
 
-/// Segments are at most 4 GiB so that `write_back` fits its u32 field.
+/// Segments are at most 4 GiB so that `write_back` and `inflight_back` fit
+/// their u32 fields.
 pub const MAX_SEGMENT_BYTES: u64 = u32::MAX as u64;
 
 impl SegmentHeader {
