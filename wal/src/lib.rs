@@ -20,6 +20,27 @@
 //! last record is indistinguishable from a torn write and is discarded as
 //! one (it was, by construction, the most recent write).
 //!
+//! ```
+//! use tc_wal::{Lsn, Wal, WalConfig};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let wal = Wal::open(dir.path(), WalConfig::default())?;
+//! let first = wal.append(1, &b"hello"[..])?; // returns once durable
+//! let second = wal.append(2, &b"world"[..])?;
+//! assert_eq!(first, Lsn(0));
+//! assert!(second > first);
+//! drop(wal);
+//!
+//! // After a reopen (or a crash) every acknowledged record is there.
+//! let wal = Wal::open(dir.path(), WalConfig::default())?;
+//! let mut reader = wal.reader(Lsn(0))?;
+//! let record = reader.try_next()?.expect("first record");
+//! assert_eq!((record.lsn, record.kind, &record.payload[..]), (first, 1, &b"hello"[..]));
+//! assert_eq!(reader.try_next()?.expect("second record").lsn, second);
+//! assert!(reader.try_next()?.is_none());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Layout: `format` (bytes on disk), `segment` (file names and creation),
 //! `spares` (pre-zeroed segments), `device` (io_uring / portable I/O),
 //! `writer` (group commit), `recovery` (open-time verification), `reader`
