@@ -3,7 +3,9 @@
 //! Owns: the request queue's receiving end, framing, group commit,
 //! pipelining and segment rollover. While a slot is free it takes every
 //! pending request (up to `max_write_bytes`), frames them into the slot's
-//! buffer and submits one write + one fdatasync. Completed writes are
+//! buffer and submits one write + one fdatasync; with nothing in flight it
+//! first gathers the producers of the last write for a bounded moment, so
+//! each fdatasync carries them all (`Writer::gather`). Completed writes are
 //! acknowledged strictly in LSN order: the durable end moves past a write
 //! only when it and every earlier write are durable.
 //!
