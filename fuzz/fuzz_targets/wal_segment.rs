@@ -30,7 +30,7 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../wal/tests/oracle/mod.rs"]
 mod oracle;
 
-use oracle::{check_behind_valid_header, check_scan, limits, lsn_at};
+use oracle::{EncodedRecord, check_behind_valid_header, check_scan, limits, lsn_at};
 use tc_wal::format::{
     Frame, Lsn, SEGMENT_HEADER_BYTES, ScanError, SegmentHeader, decode_frame, encode_frame,
     frame_bytes,
@@ -126,23 +126,12 @@ const MAX_PAYLOAD: usize = 600;
 /// fooled by a forged frame.
 const MAX_MUTATIONS: usize = 3;
 
-#[derive(Debug)]
-struct Original {
-    offset: usize,
-    end: usize,
-    lsn: Lsn,
-    write_lsn: Lsn,
-    inflight_lsn: Lsn,
-    kind: u8,
-    payload: Vec<u8>,
-}
-
 /// Encodes `writes`, each given as (how many writes back its oldest
 /// in-flight write is, modulo 4; its records), from LSN `first` on.
 fn encode_writes<'a>(
     first: u64,
     writes: impl IntoIterator<Item = (u8, &'a [Record])>,
-) -> (Vec<u8>, Vec<Original>) {
+) -> (Vec<u8>, Vec<EncodedRecord>) {
     let mut body = Vec::new();
     let mut records = Vec::new();
     let mut lsn = first;
@@ -173,7 +162,7 @@ fn encode_writes<'a>(
                 payload,
             };
             encode_frame(&mut body, &frame);
-            records.push(Original {
+            records.push(EncodedRecord {
                 offset,
                 end: SEGMENT_HEADER_BYTES + body.len(),
                 lsn: Lsn(lsn),
@@ -307,7 +296,7 @@ fn mutated_segment(spec: &Spec) {
     if embedded {
         return;
     }
-    let intact = |r: &Original| bytes.get(r.offset..r.end) == original.get(r.offset..r.end);
+    let intact = |r: &EncodedRecord| bytes.get(r.offset..r.end) == original.get(r.offset..r.end);
     let Some(damaged) = records.iter().position(|r| !intact(r)) else {
         let scan = scan.expect("undamaged records scan fine");
         assert_eq!(scan.record_count as usize, records.len());

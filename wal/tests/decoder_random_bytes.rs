@@ -22,7 +22,7 @@
 
 mod oracle;
 
-use oracle::{check_behind_valid_header, check_scan, check_write_starts, limits};
+use oracle::{EncodedRecord, check_behind_valid_header, check_scan, check_write_starts, limits};
 use proptest::prelude::*;
 use tc_wal::format::{
     Frame, FrameError, Lsn, SEGMENT_HEADER_BYTES, ScanError, SegmentHeader, decode_frame,
@@ -126,19 +126,13 @@ fn writes() -> impl Strategy<Value = Vec<Write>> {
     prop::collection::vec((0..=3usize, records), 1..7)
 }
 
-#[derive(Debug)]
-struct Written {
-    offset: usize,
-    end: usize,
-    lsn: Lsn,
-    write_lsn: Lsn,
-    inflight_lsn: Lsn,
-    kind: u8,
-    payload: Vec<u8>,
-}
-
 /// A valid segment holding `writes`, followed by `zero_tail` zero bytes.
-fn segment(first: Lsn, writes: &[Write], zero_tail: usize, seed: u8) -> (Vec<u8>, Vec<Written>) {
+fn segment(
+    first: Lsn,
+    writes: &[Write],
+    zero_tail: usize,
+    seed: u8,
+) -> (Vec<u8>, Vec<EncodedRecord>) {
     let mut body = Vec::new();
     let mut records = Vec::new();
     let mut lsn = first;
@@ -166,7 +160,7 @@ fn segment(first: Lsn, writes: &[Write], zero_tail: usize, seed: u8) -> (Vec<u8>
                 payload: &payload,
             };
             encode_frame(&mut body, &frame);
-            records.push(Written {
+            records.push(EncodedRecord {
                 offset,
                 end: SEGMENT_HEADER_BYTES + body.len(),
                 lsn,
@@ -271,7 +265,7 @@ proptest! {
                 );
             }
         }
-        let intact = |r: &Written| bytes.get(r.offset..r.end) == original.get(r.offset..r.end);
+        let intact = |r: &EncodedRecord| bytes.get(r.offset..r.end) == original.get(r.offset..r.end);
         let Some(damaged) = records.iter().position(|r| !intact(r)) else {
             // Damage, if any, only after the records: all of them are found.
             let scan = scan.expect("intact records scan fine");

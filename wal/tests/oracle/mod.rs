@@ -17,6 +17,19 @@ use tc_wal::format::{
     SegmentScan, decode_frame, encode_frame, frame_bytes, scan_segment,
 };
 
+/// A record as a generator encoded it into a segment: where its frame lies
+/// (`offset..end`) and what a scan must give back for it.
+#[derive(Debug)]
+pub struct EncodedRecord {
+    pub offset: usize,
+    pub end: usize,
+    pub lsn: Lsn,
+    pub write_lsn: Lsn,
+    pub inflight_lsn: Lsn,
+    pub kind: u8,
+    pub payload: Vec<u8>,
+}
+
 /// A few payload limits, some derived from the input.
 pub fn limits(bytes: &[u8]) -> [u32; 4] {
     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
