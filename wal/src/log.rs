@@ -199,6 +199,25 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A queued append (`Wal::submit`): wait for its durable LSN.
+#[must_use = "an append is acknowledged only by waiting for it"]
+#[derive(Debug)]
+pub struct PendingAppend {
+    wait: oneshot::Receiver<Result<Lsn>>,
+}
+
+impl PendingAppend {
+    /// Blocks until the record is durable; returns its LSN. Not from inside
+    /// an async task (use `wait_async`).
+    pub fn wait(self) -> Result<Lsn> {
+        self.wait.blocking_recv().map_err(|_| WalError::Closed)?
+    }
+
+    pub async fn wait_async(self) -> Result<Lsn> {
+        self.wait.await.map_err(|_| WalError::Closed)?
+    }
+}
+
 /// A segmented write-ahead log. Cheap to clone; the writer stops (after
 /// finishing every queued append) when the last clone is dropped or
 /// `close` is called.
@@ -345,11 +364,20 @@ impl Wal {
     /// Appends a record and blocks until it is durable; returns its LSN.
     /// Must not be called from inside an async task (use `append_async`).
     pub fn append(&self, kind: u8, payload: impl Into<Bytes>) -> Result<Lsn> {
+        self.submit(kind, payload)?.wait()
+    }
+
+    /// Queues a record without waiting for it to be durable (blocking only
+    /// while the queue is full). Records get LSNs in the order of the
+    /// `submit` calls that returned, so a caller that serializes its calls
+    /// knows each record's LSN in advance (`format::frame_bytes`). Must not
+    /// be called from inside an async task.
+    pub fn submit(&self, kind: u8, payload: impl Into<Bytes>) -> Result<PendingAppend> {
         let (request, wait) = self.request(kind, payload.into())?;
         self.queue()
             .blocking_send(request)
             .map_err(|_| WalError::Closed)?;
-        wait.blocking_recv().map_err(|_| WalError::Closed)?
+        Ok(PendingAppend { wait })
     }
 
     /// Appends a record; resolves once it is durable, with its LSN.

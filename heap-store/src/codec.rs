@@ -1,0 +1,264 @@
+//! Byte-level primitives shared by every format of the store: LEB128
+//! varints, length-prefixed strings, little-endian fixed-width integers.
+//!
+//! Invariant: `Reader` never reads past its slice, never panics and never
+//! allocates more than the bytes that are actually left could hold; every
+//! failure is a `DecodeError` naming the offset and what was expected.
+
+use std::fmt;
+
+/// Why bytes failed to decode, and where (offset within the decoded slice).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("at byte {offset}: {what}")]
+pub struct DecodeError {
+    pub offset: usize,
+    pub what: String,
+}
+
+/// Appends encoded values to a byte vector.
+#[derive(Default, Debug)]
+pub struct Writer {
+    pub buf: Vec<u8>,
+}
+
+impl Writer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+
+    pub fn u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+
+    pub fn u16_le(&mut self, v: u16) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    pub fn u32_le(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    pub fn u64_le(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    /// Unsigned LEB128: 7 bits per byte, low bits first, at most 10 bytes.
+    pub fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+    }
+
+    /// Signed values as zigzag varints, so small negatives stay short.
+    pub fn zigzag(&mut self, v: i64) {
+        self.varint(((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.varint(b.len() as u64);
+        self.buf.extend_from_slice(b);
+    }
+
+    pub fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+}
+
+/// Reads encoded values from a byte slice, tracking the offset for errors.
+#[derive(Clone)]
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl fmt::Debug for Reader<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Reader at {} of {}", self.pos, self.bytes.len())
+    }
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes, pos: 0 }
+    }
+
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    /// An error at the current offset.
+    pub fn error(&self, what: impl Into<String>) -> DecodeError {
+        DecodeError {
+            offset: self.pos,
+            what: what.into(),
+        }
+    }
+
+    /// Fails unless every byte was consumed.
+    pub fn finish(&self, what: &str) -> Result<(), DecodeError> {
+        if self.is_empty() {
+            Ok(())
+        } else {
+            Err(self.error(format!("{} trailing bytes after {what}", self.remaining())))
+        }
+    }
+
+    pub fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], DecodeError> {
+        if n > self.remaining() {
+            return Err(self.error(format!(
+                "{what}: needs {n} bytes, only {} left",
+                self.remaining()
+            )));
+        }
+        let out = &self.bytes[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N, what)?);
+        Ok(out)
+    }
+
+    pub fn u8(&mut self, what: &str) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    pub fn u16_le(&mut self, what: &str) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.array(what)?))
+    }
+
+    pub fn u32_le(&mut self, what: &str) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    pub fn u64_le(&mut self, what: &str) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    pub fn varint(&mut self, what: &str) -> Result<u64, DecodeError> {
+        let start = self.pos;
+        let mut value: u64 = 0;
+        for shift in (0..70).step_by(7) {
+            let byte = self.u8(what)?;
+            if shift == 63 && byte > 1 {
+                self.pos = start;
+                return Err(self.error(format!("{what}: varint overflows 64 bits")));
+            }
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        self.pos = start;
+        Err(self.error(format!("{what}: varint longer than 10 bytes")))
+    }
+
+    /// A varint that must fit `max`.
+    pub fn varint_max(&mut self, max: u64, what: &str) -> Result<u64, DecodeError> {
+        let start = self.pos;
+        let v = self.varint(what)?;
+        if v > max {
+            self.pos = start;
+            return Err(self.error(format!("{what}: {v} exceeds the limit {max}")));
+        }
+        Ok(v)
+    }
+
+    pub fn zigzag(&mut self, what: &str) -> Result<i64, DecodeError> {
+        let v = self.varint(what)?;
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+
+    /// A count of items each at least `min_item_bytes` long: checked against
+    /// the bytes left, so a forged count can never cause a large allocation.
+    pub fn count(&mut self, min_item_bytes: usize, what: &str) -> Result<usize, DecodeError> {
+        let start = self.pos;
+        let n = self.varint(what)?;
+        let fits = (self.remaining() / min_item_bytes.max(1)) as u64;
+        if n > fits {
+            self.pos = start;
+            return Err(self.error(format!(
+                "{what}: count {n} cannot fit in the {} bytes left",
+                self.remaining()
+            )));
+        }
+        Ok(n as usize)
+    }
+
+    pub fn bytes(&mut self, what: &str) -> Result<&'a [u8], DecodeError> {
+        let len = self.count(1, what)?;
+        self.take(len, what)
+    }
+
+    pub fn str(&mut self, what: &str) -> Result<&'a str, DecodeError> {
+        let start = self.pos;
+        let b = self.bytes(what)?;
+        std::str::from_utf8(b).map_err(|_| DecodeError {
+            offset: start,
+            what: format!("{what}: not valid UTF-8"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_at_the_edges() {
+        for v in [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut w = Writer::new();
+            w.varint(v);
+            let mut r = Reader::new(&w.buf);
+            assert_eq!(r.varint("v").unwrap(), v);
+            assert!(r.is_empty());
+        }
+        for v in [0, -1, 1, i64::MIN, i64::MAX] {
+            let mut w = Writer::new();
+            w.zigzag(v);
+            assert_eq!(Reader::new(&w.buf).zigzag("v").unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn overlong_and_overflowing_varints_are_errors() {
+        assert!(Reader::new(&[0xff; 11]).varint("v").is_err());
+        let mut too_big = vec![0xff; 9];
+        too_big.push(0x02);
+        assert!(Reader::new(&too_big).varint("v").is_err());
+    }
+
+    #[test]
+    fn a_forged_count_is_refused_before_allocating() {
+        let mut w = Writer::new();
+        w.varint(u64::MAX / 2);
+        w.u8(0);
+        let err = Reader::new(&w.buf).count(1, "items").unwrap_err();
+        assert!(err.what.contains("cannot fit"), "{err}");
+    }
+}

@@ -1,0 +1,484 @@
+//! The heap: objects as of the last *applied* (durable) record, as a
+//! bounded cache over the data segments, located through the object table.
+//!
+//! Owns: the cache of materialized objects (clock eviction of clean ones),
+//! applying store records in LSN order (live and in recovery), faulting
+//! objects in from data segments, the applied catalog (classes, roots, id
+//! high-water mark) and live bytes per data segment.
+//! Not: deciding what may be appended (`sequencer.rs`), writing segments
+//! and checkpoints (`store.rs`).
+//! Invariants: a cached object is dirty iff it has changes that are not in
+//! the image its table entry points at; only clean objects are evicted; a
+//! table entry points only at an image that is already fsynced; a change
+//! at LSN `l` is applied to an object only if `l` is newer than the
+//! object's version (which makes replay exactly-once).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+
+use crate::datafile::DataFiles;
+use crate::dna::{Dna, Transaction};
+use crate::error::{Result, StoreError};
+use crate::model::{ClassDef, ClassId, ClassKind, LogicalOp, Lsn, Object, ObjectId};
+use crate::records::StoreRecord;
+use crate::table::{ObjectTable, TableEntry};
+
+/// Table entry flag: the object was deleted at `version`.
+pub const ENTRY_DELETED: u16 = 1;
+
+/// A materialized object and what the cache knows about it.
+struct Cached {
+    object: Arc<Object>,
+    /// LSN of the last change applied to it.
+    version: Lsn,
+    dirty: bool,
+    bytes: usize,
+    recently_used: bool,
+}
+
+/// An object as of some LSN, shared (copy-on-write) with the heap.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub object: Arc<Object>,
+    /// LSN of the last change in it.
+    pub version: Lsn,
+}
+
+/// A dirty object's image, taken for a checkpoint.
+pub(crate) struct DirtyImage {
+    pub id: ObjectId,
+    pub class: ClassId,
+    pub version: Lsn,
+    pub body: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub objects: usize,
+    pub bytes: usize,
+    pub dirty_objects: usize,
+    pub evictions: u64,
+}
+
+pub(crate) struct Heap {
+    pub table: ObjectTable,
+    pub files: Arc<DataFiles>,
+    pub classes: Vec<Arc<ClassDef>>,
+    pub roots: BTreeMap<String, ObjectId>,
+    pub next_id: u64,
+    /// End of the last applied record: everything below is in this heap.
+    pub applied_end: Lsn,
+    /// Image bytes referenced by the table, per data segment.
+    pub live_bytes: HashMap<u32, u64>,
+    cache: IndexMap<ObjectId, Cached>,
+    dirty: HashSet<ObjectId>,
+    clock_hand: usize,
+    cached_bytes: usize,
+    budget_bytes: usize,
+    stats: CacheStats,
+}
+
+/// Rough in-memory size of an object, for the cache budget.
+fn approx_bytes(object: &Object) -> usize {
+    use crate::model::{Array, Body, Value};
+    fn value_bytes(v: &Value) -> usize {
+        32 + match v {
+            Value::String(s) => s.len(),
+            Value::Array(Array::Boolean(v)) => v.len(),
+            Value::Array(Array::Byte(v)) => v.len(),
+            Value::Array(Array::String(v)) => v
+                .iter()
+                .map(|s| 24 + s.as_ref().map_or(0, String::len))
+                .sum(),
+            Value::Array(a) => a.len() * 8,
+            _ => 0,
+        }
+    }
+    let values: usize = match &object.body {
+        Body::Fields(v) | Body::List(v) => v.iter().map(value_bytes).sum(),
+        Body::Map(m) => m
+            .iter()
+            .map(|(k, v)| value_bytes(k) + value_bytes(v) + 16)
+            .sum(),
+        Body::Set(s) => s.iter().map(value_bytes).sum(),
+        Body::Queue(q) => q.iter().map(value_bytes).sum(),
+    };
+    96 + values
+}
+
+/// Where an object stands in the heap.
+enum Found {
+    Missing,
+    Deleted(Lsn),
+    /// In the cache now, at this version.
+    Present(Lsn),
+}
+
+impl Heap {
+    pub fn new(table: ObjectTable, files: Arc<DataFiles>, budget_bytes: usize) -> Heap {
+        Heap {
+            table,
+            files,
+            classes: Vec::new(),
+            roots: BTreeMap::new(),
+            next_id: 1,
+            applied_end: Lsn(0),
+            live_bytes: HashMap::new(),
+            cache: IndexMap::new(),
+            dirty: HashSet::new(),
+            clock_hand: 0,
+            cached_bytes: 0,
+            budget_bytes,
+            stats: CacheStats::default(),
+        }
+    }
+
+    pub fn class(&self, id: ClassId) -> Option<&Arc<ClassDef>> {
+        (id.0 as usize)
+            .checked_sub(1)
+            .and_then(|i| self.classes.get(i))
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            objects: self.cache.len(),
+            bytes: self.cached_bytes,
+            dirty_objects: self.dirty.len(),
+            ..self.stats
+        }
+    }
+
+    /// The current state of `id`, faulting it in if needed.
+    pub fn get(&mut self, id: ObjectId) -> Result<Option<Snapshot>> {
+        let found = match self.find(id)? {
+            Found::Present(_) => self.cache.get(&id).map(|c| Snapshot {
+                object: Arc::clone(&c.object),
+                version: c.version,
+            }),
+            Found::Missing | Found::Deleted(_) => None,
+        };
+        self.evict_over_budget();
+        Ok(found)
+    }
+
+    fn find(&mut self, id: ObjectId) -> Result<Found> {
+        if self.cache.contains_key(&id) {
+            self.stats.hits += 1;
+        } else {
+            self.stats.misses += 1;
+            match self.table.get(id)? {
+                None => return Ok(Found::Missing),
+                Some(entry) if entry.flags & ENTRY_DELETED != 0 => {
+                    return Ok(Found::Deleted(entry.version));
+                }
+                Some(entry) => {
+                    let object = self.read_image(id, &entry)?;
+                    self.insert(id, object, entry.version, false);
+                }
+            }
+        }
+        let cached = self.cache.get_mut(&id).expect("present or just inserted");
+        cached.recently_used = true;
+        Ok(Found::Present(cached.version))
+    }
+
+    /// Reads and checks the image a table entry points at.
+    pub fn read_image(&self, id: ObjectId, entry: &TableEntry) -> Result<Object> {
+        let image = self
+            .files
+            .read_image(entry.segment, entry.offset, entry.length, id)?;
+        let place = |what: String| {
+            StoreError::corrupt(
+                self.files.segment_path(entry.segment),
+                Some(u64::from(entry.offset)),
+                format!("image of {id}: {what}"),
+            )
+        };
+        if image.version != entry.version {
+            return Err(place(format!(
+                "version {} but the object table says {}",
+                image.version, entry.version
+            )));
+        }
+        let object = Object::decode(&image.body).map_err(|e| place(e.to_string()))?;
+        if object.class != entry.class {
+            return Err(place(format!(
+                "class {} but the object table says {}",
+                object.class, entry.class
+            )));
+        }
+        let def = self
+            .class(object.class)
+            .ok_or_else(|| place(format!("unknown {}", object.class)))?;
+        if let Some(problem) = object.check_against(def) {
+            return Err(place(problem));
+        }
+        Ok(object)
+    }
+
+    fn insert(&mut self, id: ObjectId, object: Object, version: Lsn, dirty: bool) {
+        let bytes = approx_bytes(&object);
+        self.cached_bytes += bytes;
+        if dirty {
+            self.dirty.insert(id);
+        }
+        let old = self.cache.insert(
+            id,
+            Cached {
+                object: Arc::new(object),
+                version,
+                dirty,
+                bytes,
+                recently_used: true,
+            },
+        );
+        assert!(old.is_none(), "{id} inserted into the cache twice");
+    }
+
+    /// Evicts clean objects (clock order) until the cache fits its budget
+    /// or only dirty and recently used objects are left.
+    pub fn evict_over_budget(&mut self) {
+        let mut steps = 2 * self.cache.len();
+        while self.cached_bytes > self.budget_bytes && steps > 0 && !self.cache.is_empty() {
+            steps -= 1;
+            if self.clock_hand >= self.cache.len() {
+                self.clock_hand = 0;
+            }
+            let (_, cached) = self
+                .cache
+                .get_index_mut(self.clock_hand)
+                .expect("hand in range");
+            if cached.dirty {
+                self.clock_hand += 1;
+            } else if cached.recently_used {
+                cached.recently_used = false;
+                self.clock_hand += 1;
+            } else {
+                let (_, gone) = self
+                    .cache
+                    .swap_remove_index(self.clock_hand)
+                    .expect("hand in range");
+                self.cached_bytes -= gone.bytes;
+                self.stats.evictions += 1;
+            }
+        }
+    }
+
+    /// Whether dirty objects keep the cache over its budget (a checkpoint
+    /// would let them go).
+    pub fn needs_checkpoint(&self) -> bool {
+        self.cached_bytes > self.budget_bytes && !self.dirty.is_empty()
+    }
+
+    /// Applies one record at `lsn` (ending at `end`). Live records were
+    /// checked by the sequencer; in recovery a record that does not fit
+    /// the state is reported as `Err(why)`.
+    pub fn apply(&mut self, lsn: Lsn, end: Lsn, record: &StoreRecord) -> Result<(), String> {
+        assert!(
+            end > lsn && lsn >= self.applied_end,
+            "apply out of order: {lsn} after {}",
+            self.applied_end
+        );
+        match record {
+            StoreRecord::Transaction(tx) => self.apply_transaction(lsn, tx)?,
+            StoreRecord::Class(id, def) => {
+                let expected = self.classes.len() as u32 + 1;
+                match self.class(*id) {
+                    Some(known) if **known == *def => {}
+                    Some(_) => {
+                        return Err(format!("{id} registered twice with different definitions"));
+                    }
+                    None if id.0 == expected => self.classes.push(Arc::new(def.clone())),
+                    None => return Err(format!("{id} registered when {expected} was next")),
+                }
+            }
+            StoreRecord::IdBlock { end, .. } => self.next_id = self.next_id.max(end.0),
+            StoreRecord::Delete(ids) => {
+                for id in ids {
+                    self.delete(*id, lsn).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        self.applied_end = end;
+        self.evict_over_budget();
+        Ok(())
+    }
+
+    fn apply_transaction(&mut self, lsn: Lsn, tx: &Transaction) -> Result<(), String> {
+        for dna in &tx.dnas {
+            self.apply_dna(lsn, dna)?;
+        }
+        for (name, id) in &tx.roots {
+            self.roots.entry(name.clone()).or_insert(*id);
+        }
+        Ok(())
+    }
+
+    fn apply_dna(&mut self, lsn: Lsn, dna: &Dna) -> Result<(), String> {
+        let id = dna.object;
+        match (self.find(id).map_err(|e| e.to_string())?, dna.new_class) {
+            (Found::Deleted(version), _) | (Found::Present(version), _) if version >= lsn => {
+                return Ok(());
+            }
+            (Found::Missing, Some(class)) => {
+                let def = self
+                    .class(class)
+                    .ok_or_else(|| format!("{id} created with unknown {class}"))?;
+                let object = Object::new(class, def);
+                self.insert(id, object, lsn, true);
+            }
+            (Found::Present(_), None) => {}
+            (Found::Missing, None) => return Err(format!("change to {id}, which does not exist")),
+            (Found::Deleted(at), _) => return Err(format!("change to {id}, deleted at {at}")),
+            (Found::Present(_), Some(_)) => return Err(format!("{id} created twice")),
+        }
+        let cached = self.cache.get_mut(&id).expect("present or just inserted");
+        let class = cached.object.class;
+        let def = match (class.0 as usize)
+            .checked_sub(1)
+            .and_then(|i| self.classes.get(i))
+        {
+            Some(def) => Arc::clone(def),
+            None => return Err(format!("{id} has unknown {class}")),
+        };
+        let object = Arc::make_mut(&mut cached.object);
+        for (slot, value) in &dna.fields {
+            let field = def
+                .fields
+                .get(*slot as usize)
+                .ok_or_else(|| format!("{id} has no slot {slot}"))?;
+            if !value.fits(field.kind) {
+                return Err(format!(
+                    "{id} slot {slot} cannot hold {}",
+                    value.kind_name()
+                ));
+            }
+            object.set_field(*slot, value.clone());
+        }
+        for op in &dna.ops {
+            check_op(object, op).map_err(|why| format!("{id}: {why}"))?;
+            object.apply(op);
+        }
+        cached.version = lsn;
+        cached.recently_used = true;
+        cached.dirty = true;
+        let bytes = approx_bytes(&cached.object);
+        let old_bytes = std::mem::replace(&mut cached.bytes, bytes);
+        self.cached_bytes = self.cached_bytes - old_bytes + bytes;
+        self.dirty.insert(id);
+        Ok(())
+    }
+
+    /// Deletes `id` at `lsn`: a tombstone in the table (written at once:
+    /// the delete is durable) and out of the cache.
+    fn delete(&mut self, id: ObjectId, lsn: Lsn) -> Result<()> {
+        let entry = self.table.get(id)?;
+        if entry.is_some_and(|e| e.version >= lsn) {
+            return Ok(());
+        }
+        if let Some(old) = entry.filter(|e| e.flags & ENTRY_DELETED == 0) {
+            self.release_bytes(old.segment, old.length);
+        }
+        let class = entry.map(|e| e.class).unwrap_or_default();
+        self.table.set(
+            id,
+            &TableEntry {
+                version: lsn,
+                segment: 0,
+                offset: 0,
+                length: 0,
+                class,
+                flags: ENTRY_DELETED,
+            },
+        )?;
+        if let Some(gone) = self.cache.swap_remove(&id) {
+            self.cached_bytes -= gone.bytes;
+        }
+        self.dirty.remove(&id);
+        Ok(())
+    }
+
+    fn release_bytes(&mut self, segment: u32, length: u32) {
+        if let Some(live) = self.live_bytes.get_mut(&segment) {
+            *live = live.saturating_sub(u64::from(length));
+        }
+    }
+
+    /// Takes the images of every dirty object (for a checkpoint at
+    /// `applied_end`). The objects stay dirty until `installed`.
+    pub fn take_dirty(&mut self) -> Vec<DirtyImage> {
+        let mut out = Vec::with_capacity(self.dirty.len());
+        for id in self.dirty.drain() {
+            let cached = &self.cache[&id];
+            out.push(DirtyImage {
+                id,
+                class: cached.object.class,
+                version: cached.version,
+                body: cached.object.to_bytes(),
+            });
+        }
+        out.sort_unstable_by_key(|i| i.id);
+        out
+    }
+
+    /// Points the table at an image now durable in a data segment. Returns
+    /// false (and changes nothing) if the table already has a newer entry.
+    pub fn install(
+        &mut self,
+        id: ObjectId,
+        entry: TableEntry,
+        only_if_at: Option<(u32, u32)>,
+    ) -> Result<bool> {
+        let old = self.table.get(id)?;
+        if let Some(old) = old {
+            let newer = old.version > entry.version;
+            let moved =
+                only_if_at.is_some_and(|(seg, off)| (old.segment, old.offset) != (seg, off));
+            if newer || moved || (old.flags & ENTRY_DELETED != 0) {
+                return Ok(false);
+            }
+            self.release_bytes(old.segment, old.length);
+        }
+        self.table.set(id, &entry)?;
+        *self.live_bytes.entry(entry.segment).or_default() += u64::from(entry.length);
+        if let Some(cached) = self.cache.get_mut(&id).filter(|c| c.version == entry.version) {
+            cached.dirty = false;
+        }
+        Ok(true)
+    }
+
+    /// Marks a dirty image's object dirty again (its checkpoint failed).
+    pub fn redirty(&mut self, id: ObjectId) {
+        if self.cache.get(&id).is_some_and(|c| c.dirty) {
+            self.dirty.insert(id);
+        }
+    }
+}
+
+/// Why a logical operation cannot apply to `object`, if it cannot.
+fn check_op(object: &Object, op: &LogicalOp) -> Result<(), String> {
+    use crate::model::Body;
+    let applies = match op.target() {
+        None => object.kind() != ClassKind::Plain,
+        Some(kind) => kind == object.kind(),
+    };
+    if !applies {
+        return Err(format!("{} on a {}", op.name(), object.kind().name()));
+    }
+    if let Body::List(list) = &object.body {
+        let len = list.len();
+        let bad = match op {
+            LogicalOp::ListInsert(i, _) => *i as usize > len,
+            LogicalOp::ListSet(i, _) | LogicalOp::ListRemoveAt(i) => *i as usize >= len,
+            _ => false,
+        };
+        if bad {
+            return Err(format!("{} out of bounds for length {len}", op.name()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,948 @@
+//! The store: the handle the server uses. Commits transactions through the
+//! sequencer and the WAL into the heap; checkpoints, cleans and collects
+//! garbage; recovers on open.
+//!
+//! Data dir layout: `wal/` (tc-wal), `segments/` (data segments),
+//! `objects.tbl` (object table), `CHECKPOINT` (checkpoint record).
+//!
+//! Commit pipeline: decode → check and submit to the WAL in one critical
+//! section (sequencer lock; LSNs known in advance) → wait until durable →
+//! apply every durable record in LSN order (heap lock) → return the LSN.
+//! Readers see only applied, hence durable, state.
+//!
+//! Locks, always taken in this order: maintenance → sequencer → heap →
+//! pending. A failed WAL append poisons the store (later changes fail with
+//! the cause; reads go on); restarting recovers from disk.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tc_wal::{PendingAppend, Wal, WalConfig};
+
+use crate::checkpoint::Checkpoint;
+use crate::datafile::{DataFiles, SegmentWriter};
+use crate::dna::Transaction;
+use crate::error::{Rejection, Result, StoreError};
+use crate::heap::{CacheStats, ENTRY_DELETED, Heap, Snapshot};
+use crate::model::{ClassDef, ClassId, Lsn, ObjectId};
+use crate::records::StoreRecord;
+use crate::sequencer::{DELETED, Sequencer};
+use crate::table::{ObjectTable, TABLE_FILE_NAME, TableEntry};
+
+pub const WAL_DIR: &str = "wal";
+pub const SEGMENTS_DIR: &str = "segments";
+
+/// Most ids one `allocate_ids` call hands out.
+pub const ID_BLOCK_MAX: u64 = 1 << 24;
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub wal: WalConfig,
+    /// A data segment is closed once it holds this many bytes.
+    pub data_segment_bytes: u64,
+    /// Budget of the object cache (approximate in-memory bytes).
+    pub cache_bytes: usize,
+    /// Checkpoint once this many WAL bytes were written since the last one.
+    pub checkpoint_wal_bytes: u64,
+    /// Checkpoint at least this often while there are changes.
+    pub checkpoint_interval: Duration,
+    /// The cleaner rewrites data segments whose live bytes are below this
+    /// fraction of their size.
+    pub cleaner_live_fraction: f64,
+    pub max_transaction_bytes: usize,
+    /// Run checkpoints and the cleaner on a background thread.
+    pub background_maintenance: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            wal: WalConfig::default(),
+            data_segment_bytes: 64 << 20,
+            cache_bytes: 256 << 20,
+            checkpoint_wal_bytes: 256 << 20,
+            checkpoint_interval: Duration::from_secs(60),
+            cleaner_live_fraction: 0.5,
+            max_transaction_bytes: 1 << 20,
+            background_maintenance: true,
+        }
+    }
+}
+
+/// What `Store::open` found.
+#[derive(Clone, Debug, Default)]
+pub struct OpenReport {
+    pub checkpoint_lsn: Lsn,
+    pub replayed_records: u64,
+    pub replayed_bytes: u64,
+    pub replay_time: Duration,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointReport {
+    pub lsn: Lsn,
+    pub images_written: usize,
+    pub image_bytes: u64,
+    pub wal_segments_retired: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    pub segments_cleaned: usize,
+    pub images_moved: usize,
+    pub bytes_moved: u64,
+    pub bytes_freed: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub reachable: u64,
+    pub deleted: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StoreStats {
+    pub cache: CacheStats,
+    pub applied_lsn: Lsn,
+    pub checkpoint_lsn: Lsn,
+    pub wal: tc_wal::WalStats,
+    pub data_segments: usize,
+    pub data_live_bytes: u64,
+}
+
+/// A record submitted to the WAL, waiting to be applied in LSN order.
+struct Pending {
+    lsn: Lsn,
+    end: Lsn,
+    record: StoreRecord,
+}
+
+/// State of checkpoints and the cleaner (one at a time).
+struct Maintenance {
+    writer: Option<SegmentWriter>,
+    next_segment: u32,
+    checkpoint_lsn: Lsn,
+    checkpoint_at: Instant,
+}
+
+struct Inner {
+    dir: PathBuf,
+    files: Arc<DataFiles>,
+    config: StoreConfig,
+    wal: Wal,
+    maintenance: Mutex<Maintenance>,
+    sequencer: Mutex<Sequencer>,
+    heap: Mutex<Heap>,
+    pending: Mutex<VecDeque<Pending>>,
+    poisoned: OnceLock<StoreError>,
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// The durable object store. Share it between threads by reference or `Arc`.
+pub struct Store {
+    inner: Arc<Inner>,
+    report: OpenReport,
+    background: Option<JoinHandle<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and recovers: loads the
+    /// checkpoint and the object table, then replays the WAL from the
+    /// checkpoint LSN. A damaged data dir is refused with the place named.
+    pub fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
+        let wal = Wal::open(dir.join(WAL_DIR), config.wal.clone())?;
+        let checkpoint = read_or_create_checkpoint(&dir, &wal)?;
+        let table = ObjectTable::open(dir.join(TABLE_FILE_NAME))?;
+        let files = Arc::new(DataFiles::open_dir(dir.join(SEGMENTS_DIR))?);
+        let mut heap = Heap::new(table, Arc::clone(&files), config.cache_bytes);
+        heap.classes = checkpoint.classes.iter().cloned().map(Arc::new).collect();
+        heap.roots = checkpoint.roots.iter().cloned().collect();
+        heap.next_id = checkpoint.next_id.max(1);
+        heap.applied_end = checkpoint.lsn;
+        let mut class_of = Vec::new();
+        load_table(&mut heap, &files, &mut class_of)?;
+        let started = Instant::now();
+        let (replayed_records, replayed_bytes) =
+            replay(&wal, &mut heap, &mut class_of, checkpoint.lsn)?;
+        let report = OpenReport {
+            checkpoint_lsn: checkpoint.lsn,
+            replayed_records,
+            replayed_bytes,
+            replay_time: started.elapsed(),
+        };
+        let sequencer = Sequencer {
+            classes: heap.classes.clone(),
+            class_ids: heap
+                .classes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name.clone(), ClassId(i as u32 + 1)))
+                .collect(),
+            roots: heap.roots.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            next_id: heap.next_id,
+            class_of,
+            list_len: Default::default(),
+            next_lsn: wal.durable_lsn(),
+        };
+        assert_eq!(
+            heap.applied_end,
+            wal.durable_lsn(),
+            "replay reached the end of the WAL"
+        );
+        let next_segment = files
+            .segment_ids()
+            .into_iter()
+            .max()
+            .map_or(1, |max| max + 1)
+            .max(checkpoint.next_segment.max(1));
+        tracing::info!(
+            dir = %dir.display(),
+            checkpoint_lsn = %checkpoint.lsn,
+            replayed_records,
+            replayed_bytes,
+            replay_ms = report.replay_time.as_millis() as u64,
+            "store open"
+        );
+        let inner = Arc::new(Inner {
+            dir,
+            files,
+            wal,
+            maintenance: Mutex::new(Maintenance {
+                writer: None,
+                next_segment,
+                checkpoint_lsn: checkpoint.lsn,
+                checkpoint_at: Instant::now(),
+            }),
+            sequencer: Mutex::new(sequencer),
+            heap: Mutex::new(heap),
+            pending: Mutex::new(VecDeque::new()),
+            poisoned: OnceLock::new(),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            config,
+        });
+        let background = inner.config.background_maintenance.then(|| {
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("tc-store-maintenance".into())
+                .spawn(move || maintenance_loop(weak))
+                .expect("spawn the maintenance thread")
+        });
+        Ok(Store {
+            inner,
+            report,
+            background,
+        })
+    }
+
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Validates and commits one encoded transaction; returns its LSN once
+    /// it is durable and applied. A rejected transaction writes nothing.
+    pub fn commit(&self, tx_bytes: impl Into<Bytes>) -> Result<Lsn> {
+        let bytes: Bytes = tx_bytes.into();
+        let max = self
+            .inner
+            .config
+            .max_transaction_bytes
+            .min(self.inner.config.wal.max_record_bytes as usize);
+        if bytes.len() > max {
+            return Err(Rejection::TooLarge {
+                len: bytes.len(),
+                max,
+            }
+            .into());
+        }
+        let tx = Transaction::decode(&bytes).map_err(Rejection::Malformed)?;
+        let (lsn, ticket) = {
+            let mut seq = lock(&self.inner.sequencer);
+            self.inner.check_not_poisoned()?;
+            let effects = seq.check(&tx, |id| self.inner.list_len_from_heap(id))?;
+            let submitted = self
+                .inner
+                .submit(&mut seq, StoreRecord::Transaction(tx), bytes)?;
+            seq.record(effects);
+            submitted
+        };
+        self.inner.finish(lsn, ticket)
+    }
+
+    /// Hands out `n` fresh object ids, durably: never handed out again,
+    /// even after a crash.
+    pub fn allocate_ids(&self, n: u64) -> Result<Range<u64>> {
+        if n == 0 || n > ID_BLOCK_MAX {
+            return Err(Rejection::BadIdRequest {
+                requested: n,
+                reason: "ask for 1 to 2^24 ids",
+            }
+            .into());
+        }
+        let (range, lsn, ticket) = {
+            let mut seq = lock(&self.inner.sequencer);
+            self.inner.check_not_poisoned()?;
+            let first = seq.next_id;
+            let end = first.checked_add(n).filter(|e| *e < u64::MAX / 2).ok_or(
+                Rejection::BadIdRequest {
+                    requested: n,
+                    reason: "the id space is exhausted",
+                },
+            )?;
+            let record = StoreRecord::IdBlock {
+                first: ObjectId(first),
+                end: ObjectId(end),
+            };
+            let payload = Bytes::from(record.encode());
+            let (lsn, ticket) = self.inner.submit(&mut seq, record, payload)?;
+            seq.next_id = end;
+            (first..end, lsn, ticket)
+        };
+        self.inner.finish(lsn, ticket)?;
+        Ok(range)
+    }
+
+    /// Registers a class (idempotent for an identical definition) and
+    /// returns its id once the registration is durable.
+    pub fn register_class(&self, def: &ClassDef) -> Result<ClassId> {
+        if let Some(problem) = def.problem() {
+            return Err(Rejection::BadClass(problem).into());
+        }
+        let (id, lsn, ticket) = {
+            let mut seq = lock(&self.inner.sequencer);
+            self.inner.check_not_poisoned()?;
+            if let Some(&existing) = seq.class_ids.get(&def.name) {
+                let same = seq.class(existing).is_some_and(|known| **known == *def);
+                if !same {
+                    return Err(Rejection::ClassConflict {
+                        name: def.name.clone(),
+                        existing,
+                    }
+                    .into());
+                }
+                let submitted_end = seq.next_lsn;
+                drop(seq);
+                self.inner.wait_applied(submitted_end)?;
+                return Ok(existing);
+            }
+            let id = ClassId(seq.classes.len() as u32 + 1);
+            let record = StoreRecord::Class(id, def.clone());
+            let payload = Bytes::from(record.encode());
+            let (lsn, ticket) = self.inner.submit(&mut seq, record, payload)?;
+            seq.classes.push(Arc::new(def.clone()));
+            seq.class_ids.insert(def.name.clone(), id);
+            (id, lsn, ticket)
+        };
+        self.inner.finish(lsn, ticket)?;
+        Ok(id)
+    }
+
+    /// The current (durable) state of an object, or `None` if it does not
+    /// exist (never created, or deleted).
+    pub fn get(&self, id: ObjectId) -> Result<Option<Snapshot>> {
+        lock(&self.inner.heap).get(id)
+    }
+
+    pub fn root(&self, name: &str) -> Option<ObjectId> {
+        lock(&self.inner.heap).roots.get(name).copied()
+    }
+
+    pub fn roots(&self) -> Vec<(String, ObjectId)> {
+        lock(&self.inner.heap)
+            .roots
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    pub fn class(&self, id: ClassId) -> Option<Arc<ClassDef>> {
+        lock(&self.inner.heap).class(id).cloned()
+    }
+
+    pub fn class_id(&self, name: &str) -> Option<ClassId> {
+        let heap = lock(&self.inner.heap);
+        heap.classes
+            .iter()
+            .position(|c| c.name == name)
+            .map(|i| ClassId(i as u32 + 1))
+    }
+
+    pub fn classes(&self) -> Vec<Arc<ClassDef>> {
+        lock(&self.inner.heap).classes.clone()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let maintenance_lsn = lock(&self.inner.maintenance).checkpoint_lsn;
+        let heap = lock(&self.inner.heap);
+        StoreStats {
+            cache: heap.stats(),
+            applied_lsn: heap.applied_end,
+            checkpoint_lsn: maintenance_lsn,
+            wal: self.inner.wal.stats(),
+            data_segments: heap.files.segment_ids().len(),
+            data_live_bytes: heap.live_bytes.values().sum(),
+        }
+    }
+
+    /// Writes every dirty object to a data segment, flushes the object
+    /// table, records the checkpoint LSN and drops the WAL below it.
+    pub fn checkpoint(&self) -> Result<CheckpointReport> {
+        self.inner.checkpoint()
+    }
+
+    /// Moves the live images out of data segments that are mostly dead and
+    /// deletes those segments.
+    pub fn clean(&self) -> Result<CleanReport> {
+        self.inner.clean()
+    }
+
+    /// Deletes, durably, every object not reachable from the roots or from
+    /// `held` (objects clients still hold). Stops commits while it marks.
+    pub fn collect_garbage(&self, held: &[ObjectId]) -> Result<GcReport> {
+        self.inner.collect_garbage(held)
+    }
+
+    /// Stops maintenance, checkpoints and closes: the next open replays
+    /// nothing.
+    pub fn close(mut self) -> Result<()> {
+        self.stop_background();
+        if self.inner.poisoned.get().is_none() {
+            self.inner.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn stop_background(&mut self) {
+        *lock(&self.inner.stop) = true;
+        self.inner.wake.notify_all();
+        if let Some(thread) = self.background.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.stop_background();
+    }
+}
+
+impl Inner {
+    fn check_not_poisoned(&self) -> Result<()> {
+        match self.poisoned.get() {
+            Some(cause) => Err(StoreError::Poisoned(Arc::new(cause.clone()))),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&self, cause: StoreError) -> StoreError {
+        let first = self.poisoned.get_or_init(|| {
+            tracing::error!(%cause, "WAL append failed: the store stops accepting changes");
+            cause.clone()
+        });
+        StoreError::Poisoned(Arc::new(first.clone()))
+    }
+
+    /// Submits a record to the WAL in sequencer order; the caller holds the
+    /// sequencer lock. Returns the record's LSN (known in advance).
+    fn submit(
+        &self,
+        seq: &mut Sequencer,
+        record: StoreRecord,
+        payload: Bytes,
+    ) -> Result<(Lsn, PendingAppend)> {
+        let lsn = seq.next_lsn;
+        let end = Lsn(lsn.0 + tc_wal::format::frame_bytes(payload.len()));
+        let ticket = self.wal.submit(record.kind(), payload)?;
+        seq.next_lsn = end;
+        lock(&self.pending).push_back(Pending { lsn, end, record });
+        Ok((lsn, ticket))
+    }
+
+    /// Waits for a submitted record to be durable, then applies everything
+    /// durable up to and including it.
+    fn finish(&self, lsn: Lsn, ticket: PendingAppend) -> Result<Lsn> {
+        match ticket.wait() {
+            Ok(durable) => assert_eq!(
+                durable, lsn,
+                "the WAL gave a record another LSN than the sequencer expected"
+            ),
+            Err(e) => return Err(self.poison(e.into())),
+        }
+        self.apply_durable(Some(lsn));
+        Ok(lsn)
+    }
+
+    /// Applies, in LSN order, every submitted record that is durable.
+    /// With `through`, that record must be among them.
+    fn apply_durable(&self, through: Option<Lsn>) {
+        let mut heap = lock(&self.heap);
+        loop {
+            if through.is_some_and(|lsn| heap.applied_end > lsn) {
+                return;
+            }
+            let durable = self.wal.durable_lsn();
+            let next = {
+                let mut pending = lock(&self.pending);
+                match pending.front() {
+                    Some(p) if p.end <= durable => pending.pop_front(),
+                    _ => None,
+                }
+            };
+            match next {
+                Some(p) => {
+                    if let Err(why) = heap.apply(p.lsn, p.end, &p.record) {
+                        panic!("applying the checked record at {}: {why}", p.lsn);
+                    }
+                }
+                None => {
+                    assert!(through.is_none(), "a durable record was not pending");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits until everything submitted before `end` is applied.
+    fn wait_applied(&self, end: Lsn) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            self.apply_durable(None);
+            if lock(&self.heap).applied_end >= end {
+                return Ok(());
+            }
+            self.check_not_poisoned()?;
+            if Instant::now() > deadline {
+                return Err(StoreError::Closed);
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    fn list_len_from_heap(&self, id: ObjectId) -> u32 {
+        match lock(&self.heap).get(id) {
+            Ok(Some(s)) => s.object.len() as u32,
+            // The sequencer saw the object exist; a read failure here is
+            // damage the next read reports. Zero refuses index operations.
+            _ => 0,
+        }
+    }
+
+    fn checkpoint(&self) -> Result<CheckpointReport> {
+        let mut m = lock(&self.maintenance);
+        self.check_not_poisoned()?;
+        self.apply_durable(None);
+        let (lsn, images, classes, roots, next_id) = {
+            let mut heap = lock(&self.heap);
+            let images = heap.take_dirty();
+            let classes: Vec<ClassDef> = heap.classes.iter().map(|c| (**c).clone()).collect();
+            let roots: Vec<(String, ObjectId)> =
+                heap.roots.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            (heap.applied_end, images, classes, roots, heap.next_id)
+        };
+        let mut report = CheckpointReport {
+            lsn,
+            ..Default::default()
+        };
+        if images.is_empty() && lsn == m.checkpoint_lsn {
+            return Ok(report);
+        }
+        let written = match self.write_images(
+            &mut m,
+            images.iter().map(|i| (i.id, i.version, i.body.as_slice())),
+        ) {
+            Ok(w) => w,
+            Err(e) => {
+                let mut heap = lock(&self.heap);
+                images.iter().for_each(|i| heap.redirty(i.id));
+                return Err(e);
+            }
+        };
+        {
+            let mut heap = lock(&self.heap);
+            for (image, (segment, offset, length)) in images.iter().zip(written) {
+                let entry = TableEntry {
+                    version: image.version,
+                    segment,
+                    offset,
+                    length,
+                    class: image.class,
+                    flags: 0,
+                };
+                heap.install(image.id, entry, None)?;
+                report.image_bytes += u64::from(length);
+            }
+            heap.table.flush()?;
+        }
+        report.images_written = images.len();
+        Checkpoint {
+            lsn,
+            next_id,
+            next_segment: m.next_segment,
+            classes,
+            roots,
+        }
+        .write(&self.dir)?;
+        report.wal_segments_retired = self.wal.truncate_before(lsn)?;
+        m.checkpoint_lsn = lsn;
+        m.checkpoint_at = Instant::now();
+        tracing::debug!(?report, "checkpoint");
+        Ok(report)
+    }
+
+    /// Appends images to the current data segment (rolling to new ones as
+    /// they fill) and fsyncs them. Returns (segment, offset, length) each.
+    fn write_images<'a>(
+        &self,
+        m: &mut Maintenance,
+        images: impl Iterator<Item = (ObjectId, Lsn, &'a [u8])>,
+    ) -> Result<Vec<(u32, u32, u32)>> {
+        let mut out = Vec::new();
+        for (id, version, body) in images {
+            let record_bytes = 24 + body.len() as u64;
+            let full = m.writer.as_ref().is_some_and(|w| {
+                w.len_bytes() > 32 && w.len_bytes() + record_bytes > self.config.data_segment_bytes
+            });
+            if full {
+                let mut old = m.writer.take().expect("checked above");
+                old.sync()?;
+            }
+            if m.writer.is_none() {
+                let segment = m.next_segment;
+                m.writer = Some(self.files.create_segment(segment)?);
+                m.next_segment += 1;
+            }
+            let writer = m.writer.as_mut().expect("just ensured");
+            let (offset, length) = writer.append(id, version, body)?;
+            out.push((writer.segment_id(), offset, length));
+        }
+        if let Some(writer) = m.writer.as_mut() {
+            writer.sync()?;
+        }
+        Ok(out)
+    }
+
+    fn clean(&self) -> Result<CleanReport> {
+        let mut m = lock(&self.maintenance);
+        self.check_not_poisoned()?;
+        let active = m.writer.as_ref().map(|w| w.segment_id());
+        let candidates: Vec<(u32, u64)> = {
+            let heap = lock(&self.heap);
+            let mut out = Vec::new();
+            for segment in heap.files.segment_ids() {
+                if Some(segment) == active {
+                    continue;
+                }
+                let size = heap.files.file_len(segment)?.saturating_sub(32);
+                let live = heap.live_bytes.get(&segment).copied().unwrap_or(0);
+                if (live as f64) < self.config.cleaner_live_fraction * size as f64 || live == 0 {
+                    out.push((segment, size));
+                }
+            }
+            out
+        };
+        let mut report = CleanReport::default();
+        for (segment, size) in candidates {
+            let mut scanned = Vec::new();
+            for image in self.files.scan(segment)? {
+                scanned.push(image?);
+            }
+            let live: Vec<_> = {
+                let heap = lock(&self.heap);
+                let mut live = Vec::new();
+                for image in scanned {
+                    let here = heap.table.get(image.object)?.is_some_and(|e| {
+                        e.flags & ENTRY_DELETED == 0
+                            && e.segment == segment
+                            && e.offset == image.offset
+                    });
+                    if here {
+                        let read = self.files.read_image(
+                            segment,
+                            image.offset,
+                            image.record_bytes,
+                            image.object,
+                        )?;
+                        live.push((image.offset, read));
+                    }
+                }
+                live
+            };
+            let written = self.write_images(
+                &mut m,
+                live.iter()
+                    .map(|(_, i)| (i.object, i.version, i.body.as_slice())),
+            )?;
+            {
+                let mut heap = lock(&self.heap);
+                for ((old_offset, image), (new_segment, offset, length)) in live.iter().zip(written)
+                {
+                    let class = heap
+                        .table
+                        .get(image.object)?
+                        .map(|e| e.class)
+                        .unwrap_or_default();
+                    let entry = TableEntry {
+                        version: image.version,
+                        segment: new_segment,
+                        offset,
+                        length,
+                        class,
+                        flags: 0,
+                    };
+                    if heap.install(image.object, entry, Some((segment, *old_offset)))? {
+                        report.images_moved += 1;
+                        report.bytes_moved += u64::from(length);
+                    }
+                }
+                heap.table.flush()?;
+                heap.live_bytes.remove(&segment);
+            }
+            self.files.delete(segment)?;
+            report.segments_cleaned += 1;
+            report.bytes_freed += size;
+        }
+        if report.segments_cleaned > 0 {
+            tracing::debug!(?report, "cleaned data segments");
+        }
+        Ok(report)
+    }
+
+    fn collect_garbage(&self, held: &[ObjectId]) -> Result<GcReport> {
+        let mut seq = lock(&self.sequencer);
+        self.check_not_poisoned()?;
+        // Everything submitted must be applied before marking.
+        let end = seq.next_lsn;
+        while lock(&self.heap).applied_end < end {
+            self.check_not_poisoned()?;
+            std::thread::sleep(Duration::from_micros(100));
+            self.apply_durable(None);
+        }
+        let mut marked = vec![false; seq.class_of.len()];
+        let mut stack: Vec<ObjectId> = Vec::new();
+        let mut heap = lock(&self.heap);
+        stack.extend(heap.roots.values().copied());
+        stack.extend(
+            held.iter()
+                .copied()
+                .filter(|id| seq.class_of(*id).is_some()),
+        );
+        let mut reachable = 0u64;
+        while let Some(id) = stack.pop() {
+            let Some(mark) = marked.get_mut(id.0 as usize) else {
+                continue;
+            };
+            if *mark {
+                continue;
+            }
+            *mark = true;
+            reachable += 1;
+            if let Some(snapshot) = heap.get(id)? {
+                snapshot.object.references(&mut |to| stack.push(to));
+            }
+        }
+        drop(heap);
+        let dead: Vec<ObjectId> = (1..seq.class_of.len())
+            .filter(|&i| !marked[i] && seq.class_of(ObjectId(i as u64)).is_some())
+            .map(|i| ObjectId(i as u64))
+            .collect();
+        let mut tickets = Vec::new();
+        for chunk in dead.chunks(65_536) {
+            let record = StoreRecord::Delete(chunk.to_vec());
+            let payload = Bytes::from(record.encode());
+            tickets.push(self.submit(&mut seq, record, payload)?);
+            for id in chunk {
+                seq.set_class_of(*id, DELETED);
+                seq.list_len.remove(id);
+            }
+        }
+        drop(seq);
+        for (lsn, ticket) in tickets {
+            self.finish(lsn, ticket)?;
+        }
+        Ok(GcReport {
+            reachable,
+            deleted: dead.len() as u64,
+        })
+    }
+
+    /// Whether a checkpoint is due (size, age or a cache full of dirt).
+    fn checkpoint_due(&self) -> bool {
+        let (lsn, at) = {
+            let m = lock(&self.maintenance);
+            (m.checkpoint_lsn, m.checkpoint_at)
+        };
+        let written = self.wal.durable_lsn().0.saturating_sub(lsn.0);
+        written >= self.config.checkpoint_wal_bytes
+            || (written > 0 && at.elapsed() >= self.config.checkpoint_interval)
+            || lock(&self.heap).needs_checkpoint()
+    }
+}
+
+fn maintenance_loop(inner: Weak<Inner>) {
+    loop {
+        let Some(inner) = inner.upgrade() else { return };
+        {
+            let stop = lock(&inner.stop);
+            if *stop {
+                return;
+            }
+            let (stop, _) = inner
+                .wake
+                .wait_timeout(stop, Duration::from_millis(50))
+                .unwrap_or_else(|p| p.into_inner());
+            if *stop {
+                return;
+            }
+        }
+        if inner.poisoned.get().is_some() || !inner.checkpoint_due() {
+            continue;
+        }
+        match inner.checkpoint() {
+            Ok(_) => {
+                if let Err(e) = inner.clean() {
+                    tracing::error!(error = %e, "cleaner failed; it will retry");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "checkpoint failed; it will retry"),
+        }
+    }
+}
+
+fn read_or_create_checkpoint(dir: &Path, wal: &Wal) -> Result<Checkpoint> {
+    let path = dir.join(crate::checkpoint::CHECKPOINT_FILE);
+    let checkpoint = match Checkpoint::read(dir)? {
+        Some(c) => c,
+        None => {
+            if wal.durable_lsn() > Lsn(0) || dir.join(TABLE_FILE_NAME).exists() {
+                return Err(StoreError::corrupt(
+                    path,
+                    None,
+                    "missing, but the data dir has a WAL or an object table",
+                ));
+            }
+            let fresh = Checkpoint {
+                lsn: Lsn(0),
+                next_id: 1,
+                next_segment: 1,
+                classes: Vec::new(),
+                roots: Vec::new(),
+            };
+            fresh.write(dir)?;
+            fresh
+        }
+    };
+    if checkpoint.lsn < wal.first_lsn() || checkpoint.lsn > wal.durable_lsn() {
+        return Err(StoreError::corrupt(
+            path,
+            None,
+            format!(
+                "checkpoint lsn {} lies outside the WAL ({} to {})",
+                checkpoint.lsn,
+                wal.first_lsn(),
+                wal.durable_lsn()
+            ),
+        ));
+    }
+    Ok(checkpoint)
+}
+
+/// Loads classes of existing objects and live bytes per segment from the
+/// object table, checking that each entry's segment exists.
+fn load_table(heap: &mut Heap, files: &DataFiles, class_of: &mut Vec<u32>) -> Result<()> {
+    let segments: std::collections::HashSet<u32> = files.segment_ids().into_iter().collect();
+    let mut entries = Vec::new();
+    for (id, entry) in heap.table.iter() {
+        entries.push((id, entry?));
+    }
+    for (id, entry) in entries {
+        let index = id.0 as usize;
+        if index >= class_of.len() {
+            class_of.resize((index + 1).next_power_of_two(), 0);
+        }
+        if entry.flags & ENTRY_DELETED != 0 {
+            class_of[index] = DELETED;
+            continue;
+        }
+        if !segments.contains(&entry.segment) {
+            return Err(StoreError::corrupt(
+                heap.table.path(),
+                Some(
+                    crate::table::TABLE_HEADER_BYTES as u64
+                        + id.0 * crate::table::TABLE_ENTRY_BYTES as u64,
+                ),
+                format!(
+                    "entry of {id} points at data segment {}, which does not exist",
+                    entry.segment
+                ),
+            ));
+        }
+        if heap.class(entry.class).is_none() {
+            return Err(StoreError::corrupt(
+                heap.table.path(),
+                Some(
+                    crate::table::TABLE_HEADER_BYTES as u64
+                        + id.0 * crate::table::TABLE_ENTRY_BYTES as u64,
+                ),
+                format!("entry of {id} names unknown {}", entry.class),
+            ));
+        }
+        class_of[index] = entry.class.0;
+        *heap.live_bytes.entry(entry.segment).or_default() += u64::from(entry.length);
+    }
+    Ok(())
+}
+
+/// Replays the WAL from `from` into the heap; returns (records, bytes).
+fn replay(wal: &Wal, heap: &mut Heap, class_of: &mut Vec<u32>, from: Lsn) -> Result<(u64, u64)> {
+    let mut reader = wal.reader(from)?;
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let wal_place = |lsn: Lsn, what: String| {
+        StoreError::corrupt(wal.dir(), None, format!("WAL record at lsn {lsn}: {what}"))
+    };
+    while let Some(record) = reader.try_next()? {
+        let decoded = StoreRecord::decode(record.kind, &record.payload)
+            .map_err(|e| wal_place(record.lsn, e.to_string()))?;
+        heap.apply(record.lsn, record.end_lsn(), &decoded)
+            .map_err(|why| wal_place(record.lsn, why))?;
+        let set = |class_of: &mut Vec<u32>, id: ObjectId, class: u32, force: bool| {
+            let index = id.0 as usize;
+            if index >= class_of.len() {
+                class_of.resize((index + 1).next_power_of_two(), 0);
+            }
+            if force || class_of[index] == 0 {
+                class_of[index] = class;
+            }
+        };
+        match &decoded {
+            StoreRecord::Transaction(tx) => {
+                for dna in &tx.dnas {
+                    if let Some(class) = dna.new_class {
+                        set(class_of, dna.object, class.0, false);
+                    }
+                }
+            }
+            StoreRecord::Delete(ids) => ids.iter().for_each(|id| set(class_of, *id, DELETED, true)),
+            StoreRecord::Class(..) | StoreRecord::IdBlock { .. } => {}
+        }
+        records += 1;
+        bytes += record.end_lsn().0 - record.lsn.0;
+    }
+    Ok((records, bytes))
+}

@@ -1,0 +1,207 @@
+//! The store's behaviour through its public API on real files.
+
+use tc_heap_store::dna::{Dna, LockRef, Transaction};
+use tc_heap_store::model::{Body, LogicalOp};
+use tc_heap_store::{
+    ClassDef, ClassKind, FieldKind, ObjectId, Rejection, ScalarKind, Store, StoreConfig,
+    StoreError, Value,
+};
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        background_maintenance: false,
+        ..StoreConfig::default()
+    }
+}
+
+fn person() -> ClassDef {
+    ClassDef::plain(
+        "demo.Person",
+        &[
+            ("name", FieldKind::Scalar(ScalarKind::String)),
+            ("age", FieldKind::Scalar(ScalarKind::Int)),
+            ("friend", FieldKind::Scalar(ScalarKind::Reference)),
+        ],
+    )
+}
+
+fn tx(seq: u64, dnas: Vec<Dna>, roots: Vec<(&str, ObjectId)>) -> Vec<u8> {
+    Transaction {
+        client: 1,
+        seq,
+        lock: LockRef::None,
+        roots: roots
+            .into_iter()
+            .map(|(n, id)| (n.to_string(), id))
+            .collect(),
+        dnas,
+    }
+    .encode()
+}
+
+fn rejection(err: StoreError) -> Rejection {
+    match err {
+        StoreError::Rejected(r) => r,
+        other => panic!("expected a rejection, got {other}"),
+    }
+}
+
+#[test]
+fn commits_survive_reopen_with_and_without_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob, list);
+    {
+        let store = Store::open(dir.path(), config()).unwrap();
+        let class = store.register_class(&person()).unwrap();
+        let list_class = store
+            .register_class(&ClassDef::collection(
+                "java.util.ArrayList",
+                ClassKind::List,
+            ))
+            .unwrap();
+        let ids = store.allocate_ids(10).unwrap();
+        alice = ObjectId(ids.start);
+        bob = ObjectId(ids.start + 1);
+        list = ObjectId(ids.start + 2);
+        store
+            .commit(tx(
+                1,
+                vec![
+                    Dna::new_object(alice, class)
+                        .field(0, Value::String("alice".into()))
+                        .field(2, Value::Reference(bob)),
+                    Dna::new_object(bob, class).field(1, Value::Int(40)),
+                    Dna::new_object(list, list_class)
+                        .op(LogicalOp::ListAdd(Value::Int(1)))
+                        .op(LogicalOp::ListAdd(Value::Reference(alice))),
+                ],
+                vec![("people", list)],
+            ))
+            .unwrap();
+        store.checkpoint().unwrap();
+        store
+            .commit(tx(
+                2,
+                vec![
+                    Dna::update(bob).field(1, Value::Int(41)),
+                    Dna::update(list).op(LogicalOp::ListInsert(0, Value::Null)),
+                ],
+                vec![],
+            ))
+            .unwrap();
+        // Dropped without close: the second commit is only in the WAL.
+    }
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(store.open_report().replayed_records, 1);
+    assert_eq!(store.root("people"), Some(list));
+    let bob_now = store.get(bob).unwrap().expect("bob exists");
+    assert_eq!(
+        bob_now.object.body,
+        Body::Fields(vec![Value::Null, Value::Int(41), Value::Null])
+    );
+    let list_now = store.get(list).unwrap().unwrap();
+    assert_eq!(
+        list_now.object.body,
+        Body::List(vec![Value::Null, Value::Int(1), Value::Reference(alice)])
+    );
+    store.close().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(
+        store.open_report().replayed_records,
+        0,
+        "a clean close leaves nothing to replay"
+    );
+    assert_eq!(
+        store.get(alice).unwrap().unwrap().object.body,
+        Body::Fields(vec![
+            Value::String("alice".into()),
+            Value::Int(0),
+            Value::Reference(bob)
+        ])
+    );
+}
+
+#[test]
+fn bad_transactions_are_rejected_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let class = store.register_class(&person()).unwrap();
+    let ids = store.allocate_ids(4).unwrap();
+    let a = ObjectId(ids.start);
+    store
+        .commit(tx(1, vec![Dna::new_object(a, class)], vec![]))
+        .unwrap();
+    let before = store.stats().wal.records;
+
+    type Expect = fn(&Rejection) -> bool;
+    let cases: Vec<(Vec<u8>, Expect)> = vec![
+        (
+            tx(
+                2,
+                vec![Dna::new_object(
+                    ObjectId(ids.start + 1),
+                    tc_heap_store::ClassId(99),
+                )],
+                vec![],
+            ),
+            |r| matches!(r, Rejection::UnknownClass(_)),
+        ),
+        (
+            tx(2, vec![Dna::update(a).field(7, Value::Int(1))], vec![]),
+            |r| matches!(r, Rejection::NoSuchSlot { slot: 7, .. }),
+        ),
+        (
+            tx(
+                2,
+                vec![Dna::update(a).field(1, Value::String("x".into()))],
+                vec![],
+            ),
+            |r| matches!(r, Rejection::WrongKind { slot: 1, .. }),
+        ),
+        (
+            tx(
+                2,
+                vec![Dna::update(a).field(2, Value::Reference(ObjectId(ids.start + 3)))],
+                vec![],
+            ),
+            |r| matches!(r, Rejection::DanglingReference { .. }),
+        ),
+        (tx(2, vec![Dna::new_object(a, class)], vec![]), |r| {
+            matches!(r, Rejection::DuplicateObject(_))
+        }),
+        (
+            tx(2, vec![Dna::new_object(ObjectId(1 << 40), class)], vec![]),
+            |r| matches!(r, Rejection::UnallocatedId(_)),
+        ),
+        (
+            tx(
+                2,
+                vec![Dna::update(ObjectId(ids.start + 2)).field(1, Value::Int(1))],
+                vec![],
+            ),
+            |r| matches!(r, Rejection::UnknownObject(_)),
+        ),
+        (
+            tx(
+                2,
+                vec![Dna::update(a).op(LogicalOp::ListAdd(Value::Null))],
+                vec![],
+            ),
+            |r| matches!(r, Rejection::WrongOperation { .. }),
+        ),
+        (vec![1, 2, 3], |r| matches!(r, Rejection::Malformed(_))),
+    ];
+    for (bytes, expected) in cases {
+        let r = rejection(store.commit(bytes).unwrap_err());
+        assert!(expected(&r), "unexpected rejection: {r}");
+    }
+    assert_eq!(
+        store.stats().wal.records,
+        before,
+        "a rejected transaction reached the WAL"
+    );
+    // The store carries on.
+    store
+        .commit(tx(3, vec![Dna::update(a).field(1, Value::Int(5))], vec![]))
+        .unwrap();
+}
