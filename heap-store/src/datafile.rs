@@ -872,6 +872,8 @@ impl DataFiles {
         write_lock(&self.open).remove(&segment);
         let path = self.segment_path(segment);
         fs::remove_file(&path).map_err(|e| StoreError::io("delete", &path, e))?;
+        // Again: a reader may have cached the file between the two steps.
+        write_lock(&self.open).remove(&segment);
         lock(&self.segments).remove(&segment);
         sync_dir(&self.dir)
     }
@@ -1141,7 +1143,9 @@ mod tests {
         let mut placed = Vec::new();
         for i in 1..=8u64 {
             let body = if i % 2 == 0 { &big[..] } else { &b"small"[..] };
-            let (offset, length) = writer.append(ObjectId(i), Lsn(i * 10), body).expect("append");
+            let (offset, length) = writer
+                .append(ObjectId(i), Lsn(i * 10), body)
+                .expect("append");
             assert_eq!(u64::from(length), 24 + body.len() as u64);
             placed.push((i, offset, length, body.to_vec()));
         }
@@ -1170,7 +1174,10 @@ mod tests {
             matches!(&err, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists)
         );
         let files = DataFiles::open_dir(dir.path()).expect("open");
-        assert_eq!(files.read_image(1, 32, 28, ObjectId(1)).expect("kept").body, b"keep");
+        assert_eq!(
+            files.read_image(1, 32, 28, ObjectId(1)).expect("kept").body,
+            b"keep"
+        );
     }
 
     #[test]
@@ -1179,7 +1186,9 @@ mod tests {
         fs::write(dir.path().join("00000002.seg.partial"), b"junk").expect("write");
         let files = DataFiles::open_dir(dir.path()).expect("open ignores .partial");
         assert!(files.segment_ids().is_empty());
-        let writer = files.create_segment(2).expect("create over the stale partial");
+        let writer = files
+            .create_segment(2)
+            .expect("create over the stale partial");
         assert_eq!(writer.len_bytes(), 32);
         assert!(!dir.path().join("00000002.seg.partial").exists());
         let (images, end) = files.scan_all(2).expect("scan");

@@ -445,7 +445,11 @@ impl Heap {
         }
         self.table.set(id, &entry)?;
         *self.live_bytes.entry(entry.segment).or_default() += u64::from(entry.length);
-        if let Some(cached) = self.cache.get_mut(&id).filter(|c| c.version == entry.version) {
+        if let Some(cached) = self
+            .cache
+            .get_mut(&id)
+            .filter(|c| c.version == entry.version)
+        {
             cached.dirty = false;
         }
         Ok(true)

@@ -25,8 +25,8 @@ mod sequencer;
 mod store;
 pub mod table;
 
-pub use heap::{CacheStats, Snapshot};
+pub use heap::{CacheStats, ENTRY_DELETED, Snapshot};
 pub use store::{
-    CheckpointReport, CleanReport, GcReport, ID_BLOCK_MAX, OpenReport, Store, StoreConfig,
-    StoreStats,
+    CheckpointReport, CleanReport, GcReport, ID_BLOCK_MAX, OpenReport, SEGMENTS_DIR, Store,
+    StoreConfig, StoreStats, WAL_DIR,
 };

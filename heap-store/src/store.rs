@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tc_wal::{PendingAppend, Wal, WalConfig};
 
 use crate::checkpoint::Checkpoint;
-use crate::datafile::{DataFiles, SegmentWriter};
+use crate::datafile::{DataFiles, SegmentWriter, image_record_bytes};
 use crate::dna::Transaction;
 use crate::error::{Rejection, Result, StoreError};
 use crate::heap::{CacheStats, ENTRY_DELETED, Heap, Snapshot};
@@ -659,10 +659,9 @@ impl Inner {
         };
         let mut report = CleanReport::default();
         for (segment, size) in candidates {
-            let mut scanned = Vec::new();
-            for image in self.files.scan(segment)? {
-                scanned.push(image?);
-            }
+            // A torn tail is fine only if no live image lies in it: the
+            // live images found must account for every live byte.
+            let (scanned, _end) = self.files.scan_all(segment)?;
             let live: Vec<_> = {
                 let heap = lock(&self.heap);
                 let mut live = Vec::new();
@@ -681,6 +680,20 @@ impl Inner {
                         )?;
                         live.push((image.offset, read));
                     }
+                }
+                let found: u64 = live
+                    .iter()
+                    .map(|(_, i)| image_record_bytes(i.body.len()) as u64)
+                    .sum();
+                let expected = heap.live_bytes.get(&segment).copied().unwrap_or(0);
+                if found != expected {
+                    return Err(StoreError::corrupt(
+                        self.files.segment_path(segment),
+                        None,
+                        format!(
+                            "the object table counts {expected} live bytes here but only {found} were found; not cleaning it"
+                        ),
+                    ));
                 }
                 live
             };
