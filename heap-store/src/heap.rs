@@ -277,7 +277,7 @@ impl Heap {
     /// Applies one record at `lsn` (ending at `end`). Live records were
     /// checked by the sequencer; in recovery a record that does not fit
     /// the state is reported as `Err(why)`.
-    pub fn apply(&mut self, lsn: Lsn, end: Lsn, record: &StoreRecord) -> Result<(), String> {
+    pub fn apply(&mut self, lsn: Lsn, end: Lsn, record: &StoreRecord) -> Result<(), ApplyError> {
         assert!(
             end > lsn && lsn >= self.applied_end,
             "apply out of order: {lsn} after {}",
@@ -290,16 +290,22 @@ impl Heap {
                 match self.class(*id) {
                     Some(known) if **known == *def => {}
                     Some(_) => {
-                        return Err(format!("{id} registered twice with different definitions"));
+                        return Err(mismatch(format!(
+                            "{id} registered twice with different definitions"
+                        )));
                     }
                     None if id.0 == expected => self.classes.push(Arc::new(def.clone())),
-                    None => return Err(format!("{id} registered when {expected} was next")),
+                    None => {
+                        return Err(mismatch(format!(
+                            "{id} registered when {expected} was next"
+                        )));
+                    }
                 }
             }
             StoreRecord::IdBlock { end, .. } => self.next_id = self.next_id.max(end.0),
             StoreRecord::Delete(ids) => {
                 for id in ids {
-                    self.delete(*id, lsn).map_err(|e| e.to_string())?;
+                    self.delete(*id, lsn).map_err(ApplyError::Damaged)?;
                 }
             }
         }
@@ -308,7 +314,7 @@ impl Heap {
         Ok(())
     }
 
-    fn apply_transaction(&mut self, lsn: Lsn, tx: &Transaction) -> Result<(), String> {
+    fn apply_transaction(&mut self, lsn: Lsn, tx: &Transaction) -> Result<(), ApplyError> {
         for dna in &tx.dnas {
             self.apply_dna(lsn, dna)?;
         }
@@ -318,23 +324,27 @@ impl Heap {
         Ok(())
     }
 
-    fn apply_dna(&mut self, lsn: Lsn, dna: &Dna) -> Result<(), String> {
+    fn apply_dna(&mut self, lsn: Lsn, dna: &Dna) -> Result<(), ApplyError> {
         let id = dna.object;
-        match (self.find(id).map_err(|e| e.to_string())?, dna.new_class) {
+        match (self.find(id).map_err(ApplyError::Damaged)?, dna.new_class) {
             (Found::Deleted(version), _) | (Found::Present(version), _) if version >= lsn => {
                 return Ok(());
             }
             (Found::Missing, Some(class)) => {
                 let def = self
                     .class(class)
-                    .ok_or_else(|| format!("{id} created with unknown {class}"))?;
+                    .ok_or_else(|| mismatch(format!("{id} created with unknown {class}")))?;
                 let object = Object::new(class, def);
                 self.insert(id, object, lsn, true);
             }
             (Found::Present(_), None) => {}
-            (Found::Missing, None) => return Err(format!("change to {id}, which does not exist")),
-            (Found::Deleted(at), _) => return Err(format!("change to {id}, deleted at {at}")),
-            (Found::Present(_), Some(_)) => return Err(format!("{id} created twice")),
+            (Found::Missing, None) => {
+                return Err(mismatch(format!("change to {id}, which does not exist")));
+            }
+            (Found::Deleted(at), _) => {
+                return Err(mismatch(format!("change to {id}, deleted at {at}")));
+            }
+            (Found::Present(_), Some(_)) => return Err(mismatch(format!("{id} created twice"))),
         }
         let cached = self.cache.get_mut(&id).expect("present or just inserted");
         let class = cached.object.class;
@@ -343,24 +353,24 @@ impl Heap {
             .and_then(|i| self.classes.get(i))
         {
             Some(def) => Arc::clone(def),
-            None => return Err(format!("{id} has unknown {class}")),
+            None => return Err(mismatch(format!("{id} has unknown {class}"))),
         };
         let object = Arc::make_mut(&mut cached.object);
         for (slot, value) in &dna.fields {
             let field = def
                 .fields
                 .get(*slot as usize)
-                .ok_or_else(|| format!("{id} has no slot {slot}"))?;
+                .ok_or_else(|| mismatch(format!("{id} has no slot {slot}")))?;
             if !value.fits(field.kind) {
-                return Err(format!(
+                return Err(mismatch(format!(
                     "{id} slot {slot} cannot hold {}",
                     value.kind_name()
-                ));
+                )));
             }
             object.set_field(*slot, value.clone());
         }
         for op in &dna.ops {
-            check_op(object, op).map_err(|why| format!("{id}: {why}"))?;
+            check_op(object, op).map_err(|why| mismatch(format!("{id}: {why}")))?;
             object.apply(op);
         }
         cached.version = lsn;
@@ -461,6 +471,19 @@ impl Heap {
             self.dirty.insert(id);
         }
     }
+}
+
+/// Why a record could not be applied.
+#[derive(Debug)]
+pub(crate) enum ApplyError {
+    /// An image it needed could not be read (file and offset named).
+    Damaged(StoreError),
+    /// The record does not fit the state it applies to.
+    Mismatch(String),
+}
+
+fn mismatch(why: String) -> ApplyError {
+    ApplyError::Mismatch(why)
 }
 
 /// Why a logical operation cannot apply to `object`, if it cannot.

@@ -28,7 +28,7 @@ use crate::checkpoint::Checkpoint;
 use crate::datafile::{DataFiles, SegmentWriter, image_record_bytes};
 use crate::dna::Transaction;
 use crate::error::{Rejection, Result, StoreError};
-use crate::heap::{CacheStats, ENTRY_DELETED, Heap, Snapshot};
+use crate::heap::{ApplyError, CacheStats, ENTRY_DELETED, Heap, Snapshot};
 use crate::model::{ClassDef, ClassId, Lsn, ObjectId};
 use crate::records::StoreRecord;
 use crate::sequencer::{DELETED, Sequencer};
@@ -272,6 +272,12 @@ impl Store {
             .into());
         }
         let tx = Transaction::decode(&bytes).map_err(Rejection::Malformed)?;
+        // Fault the changed objects in first (outside the sequencer): an
+        // unreadable image fails this transaction, not the heap, and the
+        // apply after the WAL finds them cached.
+        for dna in tx.dnas.iter().filter(|d| d.new_class.is_none()) {
+            self.get(dna.object)?;
+        }
         let (lsn, ticket) = {
             let mut seq = lock(&self.inner.sequencer);
             self.inner.check_not_poisoned()?;
@@ -437,6 +443,15 @@ impl Store {
     }
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("open_report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for Store {
     fn drop(&mut self) {
         self.stop_background();
@@ -485,17 +500,20 @@ impl Inner {
             ),
             Err(e) => return Err(self.poison(e.into())),
         }
-        self.apply_durable(Some(lsn));
+        self.apply_durable(Some(lsn))?;
         Ok(lsn)
     }
 
     /// Applies, in LSN order, every submitted record that is durable.
-    /// With `through`, that record must be among them.
-    fn apply_durable(&self, through: Option<Lsn>) {
+    /// With `through`, that record must be among them. A record that cannot
+    /// be applied (an image that turned unreadable since it was checked)
+    /// poisons the store: the heap can no longer follow the WAL.
+    fn apply_durable(&self, through: Option<Lsn>) -> Result<()> {
         let mut heap = lock(&self.heap);
         loop {
+            self.check_not_poisoned()?;
             if through.is_some_and(|lsn| heap.applied_end > lsn) {
-                return;
+                return Ok(());
             }
             let durable = self.wal.durable_lsn();
             let next = {
@@ -506,14 +524,16 @@ impl Inner {
                 }
             };
             match next {
-                Some(p) => {
-                    if let Err(why) = heap.apply(p.lsn, p.end, &p.record) {
-                        panic!("applying the checked record at {}: {why}", p.lsn);
+                Some(p) => match heap.apply(p.lsn, p.end, &p.record) {
+                    Ok(()) => {}
+                    Err(ApplyError::Damaged(cause)) => return Err(self.poison(cause)),
+                    Err(ApplyError::Mismatch(why)) => {
+                        panic!("the checked record at lsn {} does not apply: {why}", p.lsn)
                     }
-                }
+                },
                 None => {
                     assert!(through.is_none(), "a durable record was not pending");
-                    return;
+                    return Ok(());
                 }
             }
         }
@@ -523,7 +543,7 @@ impl Inner {
     fn wait_applied(&self, end: Lsn) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            self.apply_durable(None);
+            self.apply_durable(None)?;
             if lock(&self.heap).applied_end >= end {
                 return Ok(());
             }
@@ -547,7 +567,7 @@ impl Inner {
     fn checkpoint(&self) -> Result<CheckpointReport> {
         let mut m = lock(&self.maintenance);
         self.check_not_poisoned()?;
-        self.apply_durable(None);
+        self.apply_durable(None)?;
         let (lsn, images, classes, roots, next_id) = {
             let mut heap = lock(&self.heap);
             let images = heap.take_dirty();
@@ -745,7 +765,7 @@ impl Inner {
         while lock(&self.heap).applied_end < end {
             self.check_not_poisoned()?;
             std::thread::sleep(Duration::from_micros(100));
-            self.apply_durable(None);
+            self.apply_durable(None)?;
         }
         let mut marked = vec![false; seq.class_of.len()];
         let mut stack: Vec<ObjectId> = Vec::new();
@@ -933,7 +953,10 @@ fn replay(wal: &Wal, heap: &mut Heap, class_of: &mut Vec<u32>, from: Lsn) -> Res
         let decoded = StoreRecord::decode(record.kind, &record.payload)
             .map_err(|e| wal_place(record.lsn, e.to_string()))?;
         heap.apply(record.lsn, record.end_lsn(), &decoded)
-            .map_err(|why| wal_place(record.lsn, why))?;
+            .map_err(|e| match e {
+                ApplyError::Damaged(cause) => cause,
+                ApplyError::Mismatch(why) => wal_place(record.lsn, why),
+            })?;
         let set = |class_of: &mut Vec<u32>, id: ObjectId, class: u32, force: bool| {
             let index = id.0 as usize;
             if index >= class_of.len() {

@@ -1,0 +1,208 @@
+//! Damage on real files: a flipped byte in the object table, in the WAL and
+//! in a data segment is detected, with the file and offset named; nothing
+//! panics, and damage to one object's image does not stop the others.
+
+use std::path::{Path, PathBuf};
+
+use tc_heap_store::datafile::segment_file_name;
+use tc_heap_store::dna::{Dna, LockRef, Transaction};
+use tc_heap_store::table::{ObjectTable, TABLE_ENTRY_BYTES, TABLE_FILE_NAME, TABLE_HEADER_BYTES};
+use tc_heap_store::{
+    ClassDef, FieldKind, Lsn, ObjectId, SEGMENTS_DIR, ScalarKind, Store, StoreConfig, StoreError,
+    Value, WAL_DIR,
+};
+
+fn config() -> StoreConfig {
+    StoreConfig {
+        background_maintenance: false,
+        ..StoreConfig::default()
+    }
+}
+
+fn commit(store: &Store, seq: u64, dnas: Vec<Dna>) {
+    let tx = Transaction {
+        client: 1,
+        seq,
+        lock: LockRef::None,
+        roots: vec![],
+        dnas,
+    };
+    store.commit(tx.encode()).unwrap();
+}
+
+/// Three objects checkpointed into a data segment, then three updates only
+/// in the WAL. Returns the ids and the checkpoint LSN.
+fn populate(dir: &Path) -> (Vec<ObjectId>, Lsn) {
+    let store = Store::open(dir, config()).unwrap();
+    let class = store
+        .register_class(&ClassDef::plain(
+            "c.Item",
+            &[
+                ("n", FieldKind::Scalar(ScalarKind::Long)),
+                ("label", FieldKind::Scalar(ScalarKind::String)),
+            ],
+        ))
+        .unwrap();
+    let ids: Vec<ObjectId> = store.allocate_ids(3).unwrap().map(ObjectId).collect();
+    commit(
+        &store,
+        1,
+        ids.iter()
+            .map(|id| Dna::new_object(*id, class).field(1, Value::String(format!("item {}", id.0))))
+            .collect(),
+    );
+    let checkpoint = store.checkpoint().unwrap().lsn;
+    for (i, id) in ids.iter().enumerate() {
+        commit(
+            &store,
+            2 + i as u64,
+            vec![Dna::update(*id).field(0, Value::Long(i as i64 + 10))],
+        );
+    }
+    (ids, checkpoint)
+}
+
+fn flip(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x20;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn message(result: Result<impl std::fmt::Debug, StoreError>) -> String {
+    match result {
+        Ok(v) => panic!("damage went unnoticed: {v:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_the_object_table_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, _) = populate(dir.path());
+    let entry = TABLE_HEADER_BYTES as u64 + ids[1].0 * TABLE_ENTRY_BYTES as u64;
+    flip(&dir.path().join(TABLE_FILE_NAME), entry + 9);
+    let msg = message(Store::open(dir.path(), config()));
+    assert!(msg.contains(TABLE_FILE_NAME), "{msg}");
+    assert!(msg.contains(&format!("offset {entry}")), "{msg}");
+    flip(&dir.path().join(TABLE_FILE_NAME), entry + 9);
+    Store::open(dir.path(), config()).expect("undoing the flip restores the store");
+}
+
+/// The WAL segment holding `lsn` and the file offset of `lsn` in it.
+fn wal_place(dir: &Path, lsn: Lsn) -> (PathBuf, u64) {
+    let mut segments: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join(WAL_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .map(|p| {
+            (
+                u64::from_str_radix(p.file_stem().unwrap().to_str().unwrap(), 16).unwrap(),
+                p,
+            )
+        })
+        .collect();
+    segments.sort();
+    let (first, path) = segments
+        .into_iter()
+        .filter(|(first, _)| *first <= lsn.0)
+        .last()
+        .unwrap();
+    (
+        path,
+        tc_wal::format::SEGMENT_HEADER_BYTES as u64 + lsn.0 - first,
+    )
+}
+
+#[test]
+fn a_flipped_byte_in_the_wal_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, checkpoint) = populate(dir.path());
+    // Inside the payload of the first record after the checkpoint; two
+    // more records follow it.
+    let (path, offset) = wal_place(dir.path(), checkpoint);
+    flip(
+        &path,
+        offset + tc_wal::format::FRAME_HEADER_BYTES as u64 + 2,
+    );
+    let msg = message(Store::open(dir.path(), config()));
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(msg.contains(name), "{msg}");
+    assert!(msg.contains(&format!("offset {offset}")), "{msg}");
+}
+
+/// The data segment file and offset of `id`'s image.
+fn image_place(dir: &Path, id: ObjectId) -> (PathBuf, u64) {
+    let entry = ObjectTable::open_read_only(dir.join(TABLE_FILE_NAME))
+        .unwrap()
+        .get(id)
+        .unwrap()
+        .expect("checkpointed");
+    (
+        dir.join(SEGMENTS_DIR)
+            .join(segment_file_name(entry.segment)),
+        u64::from(entry.offset),
+    )
+}
+
+#[test]
+fn a_damaged_image_that_replay_needs_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, _) = populate(dir.path());
+    let (segment, offset) = image_place(dir.path(), ids[1]);
+    flip(&segment, offset + 26);
+    let msg = message(Store::open(dir.path(), config()));
+    assert!(
+        msg.contains(segment.file_name().unwrap().to_str().unwrap()),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("offset {offset}")), "{msg}");
+}
+
+#[test]
+fn a_flipped_byte_in_a_data_segment_fails_that_object_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, _) = populate(dir.path());
+    Store::open(dir.path(), config()).unwrap().close().unwrap();
+    let entry = ObjectTable::open_read_only(dir.path().join(TABLE_FILE_NAME))
+        .unwrap()
+        .get(ids[0])
+        .unwrap()
+        .expect("checkpointed");
+    let segment = dir
+        .path()
+        .join(SEGMENTS_DIR)
+        .join(segment_file_name(entry.segment));
+    flip(&segment, u64::from(entry.offset) + 26);
+
+    let store = Store::open(dir.path(), config()).expect("images are read when needed");
+    let msg = message(store.get(ids[0]));
+    assert!(msg.contains(&segment_file_name(entry.segment)), "{msg}");
+    assert!(msg.contains(&format!("offset {}", entry.offset)), "{msg}");
+    // A change to the damaged object fails; nothing else stops.
+    let msg = message(
+        store.commit(
+            Transaction {
+                client: 1,
+                seq: 9,
+                lock: LockRef::None,
+                roots: vec![],
+                dnas: vec![Dna::update(ids[0]).field(0, Value::Long(1))],
+            }
+            .encode(),
+        ),
+    );
+    assert!(msg.contains(&segment_file_name(entry.segment)), "{msg}");
+    assert!(store.get(ids[2]).unwrap().is_some());
+    commit(
+        &store,
+        10,
+        vec![Dna::update(ids[2]).field(0, Value::Long(99))],
+    );
+    assert_eq!(
+        store.get(ids[2]).unwrap().unwrap().object.body,
+        tc_heap_store::model::Body::Fields(vec![
+            Value::Long(99),
+            Value::String(format!("item {}", ids[2].0))
+        ])
+    );
+}
