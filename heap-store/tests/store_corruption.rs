@@ -104,8 +104,7 @@ fn wal_place(dir: &Path, lsn: Lsn) -> (PathBuf, u64) {
     segments.sort();
     let (first, path) = segments
         .into_iter()
-        .filter(|(first, _)| *first <= lsn.0)
-        .last()
+        .rfind(|(first, _)| *first <= lsn.0)
         .unwrap();
     (
         path,
