@@ -25,6 +25,9 @@ use crate::model::{ClassDef, ClassId, ClassKind, LogicalOp, Lsn, Object, ObjectI
 use crate::records::StoreRecord;
 use crate::table::{ObjectTable, TableEntry};
 
+/// Most cache entries one eviction pass looks at.
+const EVICTION_STEPS_MAX: usize = 1024;
+
 /// Table entry flag: the object was deleted at `version`.
 pub const ENTRY_DELETED: u16 = 1;
 
@@ -242,7 +245,9 @@ impl Heap {
     /// Evicts clean objects (clock order) until the cache fits its budget
     /// or only dirty and recently used objects are left.
     pub fn evict_over_budget(&mut self) {
-        let mut steps = 2 * self.cache.len();
+        // Bounded work per call: with the cache full of dirty objects this
+        // gives up quickly (a checkpoint will make them clean).
+        let mut steps = (2 * self.cache.len()).min(EVICTION_STEPS_MAX);
         while self.cached_bytes > self.budget_bytes && steps > 0 && !self.cache.is_empty() {
             steps -= 1;
             if self.clock_hand >= self.cache.len() {
