@@ -423,11 +423,12 @@ impl Heap {
         }
     }
 
-    /// Takes the images of every dirty object (for a checkpoint at
-    /// `applied_end`). The objects stay dirty until `installed`.
-    pub fn take_dirty(&mut self) -> Vec<DirtyImage> {
+    /// Encodes the image of every dirty object (for a checkpoint at
+    /// `applied_end`). They stay dirty until `install`ed at their version,
+    /// so a checkpoint that fails half-way loses nothing.
+    pub fn dirty_images(&self) -> Vec<DirtyImage> {
         let mut out = Vec::with_capacity(self.dirty.len());
-        for id in self.dirty.drain() {
+        for &id in &self.dirty {
             let cached = &self.cache[&id];
             out.push(DirtyImage {
                 id,
@@ -466,15 +467,9 @@ impl Heap {
             .filter(|c| c.version == entry.version)
         {
             cached.dirty = false;
+            self.dirty.remove(&id);
         }
         Ok(true)
-    }
-
-    /// Marks a dirty image's object dirty again (its checkpoint failed).
-    pub fn redirty(&mut self, id: ObjectId) {
-        if self.cache.get(&id).is_some_and(|c| c.dirty) {
-            self.dirty.insert(id);
-        }
     }
 }
 

@@ -569,8 +569,8 @@ impl Inner {
         self.check_not_poisoned()?;
         self.apply_durable(None)?;
         let (lsn, images, classes, roots, next_id) = {
-            let mut heap = lock(&self.heap);
-            let images = heap.take_dirty();
+            let heap = lock(&self.heap);
+            let images = heap.dirty_images();
             let classes: Vec<ClassDef> = heap.classes.iter().map(|c| (**c).clone()).collect();
             let roots: Vec<(String, ObjectId)> =
                 heap.roots.iter().map(|(k, v)| (k.clone(), *v)).collect();
@@ -583,17 +583,10 @@ impl Inner {
         if images.is_empty() && lsn == m.checkpoint_lsn {
             return Ok(report);
         }
-        let written = match self.write_images(
+        let written = self.write_images(
             &mut m,
             images.iter().map(|i| (i.id, i.version, i.body.as_slice())),
-        ) {
-            Ok(w) => w,
-            Err(e) => {
-                let mut heap = lock(&self.heap);
-                images.iter().for_each(|i| heap.redirty(i.id));
-                return Err(e);
-            }
-        };
+        )?;
         {
             let mut heap = lock(&self.heap);
             for (image, (segment, offset, length)) in images.iter().zip(written) {
@@ -628,7 +621,21 @@ impl Inner {
 
     /// Appends images to the current data segment (rolling to new ones as
     /// they fill) and fsyncs them. Returns (segment, offset, length) each.
+    /// After a failure the next call starts a new segment (what was written
+    /// is unreferenced; the cleaner deletes it).
     fn write_images<'a>(
+        &self,
+        m: &mut Maintenance,
+        images: impl Iterator<Item = (ObjectId, Lsn, &'a [u8])>,
+    ) -> Result<Vec<(u32, u32, u32)>> {
+        let written = self.append_images(m, images);
+        if written.is_err() {
+            m.writer = None;
+        }
+        written
+    }
+
+    fn append_images<'a>(
         &self,
         m: &mut Maintenance,
         images: impl Iterator<Item = (ObjectId, Lsn, &'a [u8])>,
