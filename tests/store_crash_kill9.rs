@@ -8,8 +8,8 @@
 //! `total` is the sum 1..=last, the queue holds exactly the last 64 seqs
 //! (a replayed offer/poll would break that), and the head node is the one
 //! the last transaction of a multiple of 8 created. Then it closes the
-//! store (a checkpoint) and runs tc-fsck's checks, which must find the
-//! data dir clean. 50 cycles on one data dir.
+//! store (a checkpoint). tc-fsck's checks must find the data dir clean
+//! both right after the kill and after the close. 50 cycles on one data dir.
 //!
 //! `harness = false`: this binary is both parent and child
 //! (`TC_STORE_CHILD_DIR`). Prints its seed; `TC_SEED=<n>` replays the kill
@@ -216,6 +216,7 @@ fn reference(v: &Value) -> Option<ObjectId> {
 }
 
 fn verify(dir: &Path, acked: &[u64], cycle: u32) {
+    fsck_clean(dir, cycle, "right after kill -9");
     let store = Store::open(dir, quiet_config())
         .unwrap_or_else(|e| panic!("cycle {cycle}: the store does not reopen after kill -9: {e}"));
     for (t, &acked) in acked.iter().enumerate() {
@@ -263,6 +264,17 @@ fn verify(dir: &Path, acked: &[u64], cycle: u32) {
     store
         .close()
         .unwrap_or_else(|e| panic!("cycle {cycle}: close: {e}"));
+    fsck_clean(dir, cycle, "after a clean close");
+}
+
+/// tc-fsck's checks find no problem (notes, such as a torn tail, are fine).
+fn fsck_clean(dir: &Path, cycle: u32, when: &str) {
+    let report = tc_tools::fsck::check(dir)
+        .unwrap_or_else(|e| panic!("cycle {cycle}: tc-fsck could not run {when}: {e}"));
+    assert!(
+        report.is_clean(),
+        "cycle {cycle}: tc-fsck {when}:\n{report}"
+    );
 }
 
 /// The child: commits from `THREADS` threads until killed.
