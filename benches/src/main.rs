@@ -1,14 +1,21 @@
 //! tc-bench: the benchmark driver for tc.
 //!
 //! Owns: the command line (one subcommand per workload) and dispatch; the
-//! exit code. Not: running a workload (`wal_bench.rs`), measuring the disk
-//! (`fsync_probe.rs`), printing results (`report.rs`).
+//! exit code. Not: running a workload (`wal_bench.rs`, `store_commit.rs`,
+//! `store_read.rs`, `recovery.rs`, `write_amp.rs`; what the store workloads
+//! share is in `store_common.rs`), measuring the disk (`fsync_probe.rs`),
+//! printing results (`report.rs`).
 //! Output contract: results go to stdout (a table, or one JSON object per
 //! line with `--json`); progress and warnings go to stderr.
 
 mod fsync_probe;
+mod recovery;
 mod report;
+mod store_commit;
+mod store_common;
+mod store_read;
 mod wal_bench;
+mod write_amp;
 
 use std::process::ExitCode;
 
@@ -25,12 +32,24 @@ struct Cli {
 enum Command {
     /// WAL group commit: producers appending durable records concurrently.
     Wal(wal_bench::WalArgs),
+    /// Object store commits: committer threads each updating their own object.
+    StoreCommit(store_commit::StoreCommitArgs),
+    /// Object store random reads with a cache smaller than the heap.
+    StoreRead(store_read::StoreReadArgs),
+    /// Object store recovery: time to replay a WAL full of transactions.
+    Recovery(recovery::RecoveryArgs),
+    /// Object store write amplification under updates, checkpoints and cleaning.
+    WriteAmp(write_amp::WriteAmpArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Wal(args) => wal_bench::run(&args),
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Wal(args) => wal_bench::run(&args).map_err(Into::into),
+        Command::StoreCommit(args) => store_commit::run(&args).map_err(Into::into),
+        Command::StoreRead(args) => store_read::run(&args).map_err(Into::into),
+        Command::Recovery(args) => recovery::run(&args).map_err(Into::into),
+        Command::WriteAmp(args) => write_amp::run(&args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -51,7 +70,66 @@ mod tests {
         let argv = ["tc-bench", "wal"].iter().chain(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Wal(args) => args,
+            other => panic!("parsed as {other:?}"),
         })
+    }
+
+    fn parse_command(argv: &[&str]) -> Result<Command, clap::Error> {
+        let argv = ["tc-bench"].iter().chain(argv);
+        Cli::try_parse_from(argv).map(|cli| cli.command)
+    }
+
+    #[test]
+    fn store_workload_defaults_match_the_documented_commands() {
+        let Command::StoreCommit(args) = parse_command(&["store-commit"]).expect("parse") else {
+            panic!("not store-commit");
+        };
+        assert_eq!(args.committers, vec![1, 16, 64]);
+        assert_eq!((args.fields.min, args.fields.max), (1, 8));
+        assert_eq!((args.seconds, args.warmup_seconds), (5.0, 1.0));
+        let Command::StoreRead(args) = parse_command(&["store-read"]).expect("parse") else {
+            panic!("not store-read");
+        };
+        assert_eq!(args.objects, 10_000_000);
+        assert_eq!(args.cache_fraction, 0.1);
+        assert_eq!(args.readers, vec![1, 4]);
+        let Command::Recovery(args) = parse_command(&["recovery"]).expect("parse") else {
+            panic!("not recovery");
+        };
+        assert_eq!(args.wal_bytes, 1 << 30);
+        let Command::WriteAmp(args) = parse_command(&["write-amp"]).expect("parse") else {
+            panic!("not write-amp");
+        };
+        assert_eq!(args.objects, 100_000);
+        assert_eq!(args.seconds, 10.0);
+        assert_eq!(args.checkpoint_wal_bytes, 16 << 20);
+        assert_eq!(args.data_segment_bytes, 4 << 20);
+        assert_eq!(args.committers, 64);
+    }
+
+    #[test]
+    fn store_workload_arguments_parse_and_bad_ones_name_the_flag() {
+        let Command::Recovery(args) =
+            parse_command(&["recovery", "--wal-bytes", "256MiB", "--json"]).expect("parse")
+        else {
+            panic!("not recovery");
+        };
+        assert_eq!(args.wal_bytes, 256 << 20);
+        assert!(args.json);
+        let cases: [(&[&str], &str); 5] = [
+            (&["store-commit", "--fields", "0-8"], "--fields"),
+            (&["store-commit", "--committers", "1,0"], "--committers"),
+            (
+                &["store-read", "--cache-fraction", "1.5"],
+                "--cache-fraction",
+            ),
+            (&["recovery", "--wal-bytes", "12XB"], "--wal-bytes"),
+            (&["write-amp", "--objects", "0"], "--objects"),
+        ];
+        for (argv, flag) in cases {
+            let err = parse_command(argv).expect_err("must be rejected");
+            assert!(err.to_string().contains(flag), "{argv:?}: {err}");
+        }
     }
 
     #[test]

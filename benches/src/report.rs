@@ -1,5 +1,6 @@
 //! Results: latency histograms and their summary, the row of one WAL run,
-//! and its two printed forms (a padded table, or one JSON object per line).
+//! and the two printed forms of any workload's rows (a padded table, or one
+//! JSON object per line).
 //!
 //! Owns: units (every latency is recorded and reported in whole
 //! microseconds) and the JSON field names, which scripts depend on: fields
@@ -54,6 +55,8 @@ impl LatencySummary {
 #[derive(Clone, Debug, Serialize)]
 pub struct WalRow {
     pub bench: &'static str,
+    /// Same as `bench` (every workload's rows carry `workload`).
+    pub workload: &'static str,
     pub backend: &'static str,
     pub producers: u32,
     pub record_bytes: u32,
@@ -75,7 +78,7 @@ pub struct WalRow {
 }
 
 pub fn json_line(row: &WalRow) -> String {
-    serde_json::to_string(row).expect("a WalRow always serializes")
+    to_json_line(row)
 }
 
 /// The rows as a table with a header line, right-aligned columns.
@@ -90,10 +93,10 @@ pub fn table(rows: &[WalRow]) -> String {
         "records/fsync",
         "fdatasync p50 us",
     ];
-    let cells: Vec<[String; 8]> = rows
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
-            [
+            vec![
                 row.backend.to_string(),
                 row.producers.to_string(),
                 format!("{:.0}", row.records_per_sec),
@@ -105,8 +108,20 @@ pub fn table(rows: &[WalRow]) -> String {
             ]
         })
         .collect();
-    let mut widths = HEADER.map(str::len);
-    for line in &cells {
+    render_table(&HEADER, &cells)
+}
+
+/// Any row type as one JSON object on one line.
+pub fn to_json_line<T: Serialize>(row: &T) -> String {
+    serde_json::to_string(row).expect("bench rows always serialize")
+}
+
+/// A header line and one line per row; the first column left-aligned (it
+/// names the run), the others right-aligned (numbers), two spaces apart.
+pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for line in rows {
+        assert_eq!(line.len(), header.len(), "one cell per column");
         for (width, cell) in widths.iter_mut().zip(line) {
             *width = (*width).max(cell.len());
         }
@@ -115,10 +130,9 @@ pub fn table(rows: &[WalRow]) -> String {
     let mut push_line = |line: &[&str]| {
         let padded: Vec<String> = line
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .enumerate()
-            .map(|(column, (cell, width))| {
-                // The backend name reads best left-aligned, numbers right-aligned.
+            .map(|(column, (cell, &width))| {
                 if column == 0 {
                     format!("{cell:<width$}")
                 } else {
@@ -128,8 +142,8 @@ pub fn table(rows: &[WalRow]) -> String {
             .collect();
         let _ = writeln!(out, "{}", padded.join("  ").trim_end());
     };
-    push_line(&HEADER);
-    for line in &cells {
+    push_line(header);
+    for line in rows {
         let line: Vec<&str> = line.iter().map(String::as_str).collect();
         push_line(&line);
     }
@@ -143,6 +157,7 @@ mod tests {
     fn row(backend: &'static str, producers: u32) -> WalRow {
         WalRow {
             bench: "wal",
+            workload: "wal",
             backend,
             producers,
             record_bytes: 64,

@@ -82,7 +82,7 @@ pub enum BackendArg {
 }
 
 impl BackendArg {
-    fn backend(self) -> Backend {
+    pub(crate) fn backend(self) -> Backend {
         match self {
             BackendArg::Uring => Backend::Uring,
             BackendArg::Portable => Backend::Portable,
@@ -96,7 +96,7 @@ impl WalArgs {
     }
 }
 
-fn parse_seconds(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_seconds(text: &str) -> Result<f64, String> {
     let seconds: f64 = text
         .parse()
         .map_err(|_| format!("{text:?} is not a number of seconds"))?;
@@ -186,7 +186,7 @@ pub fn run_all(args: &WalArgs, on_row: &mut dyn FnMut(&WalRow)) -> Result<Vec<Wa
 }
 
 /// `Err(reason)` if the WAL cannot use `backend` on this machine.
-fn backend_available(backend: Backend) -> Result<(), String> {
+pub(crate) fn backend_available(backend: Backend) -> Result<(), String> {
     match backend {
         Backend::Portable => Ok(()),
         Backend::Uring => io_uring::IoUring::new(8)
@@ -197,13 +197,13 @@ fn backend_available(backend: Backend) -> Result<(), String> {
 
 /// Where the WALs live: the given directory, or a temporary one under the
 /// current directory that is removed on drop.
-enum BenchDir {
+pub(crate) enum BenchDir {
     Given(PathBuf),
     Temporary(TempDir),
 }
 
 impl BenchDir {
-    fn new(given: Option<&Path>) -> Result<BenchDir, BenchError> {
+    pub(crate) fn new(given: Option<&Path>) -> Result<BenchDir, BenchError> {
         let dir_error = |path: &Path| {
             let path = path.to_owned();
             move |source| BenchError::Dir { path, source }
@@ -224,7 +224,7 @@ impl BenchDir {
         }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         match self {
             BenchDir::Given(path) => path,
             BenchDir::Temporary(dir) => dir.path(),
@@ -232,7 +232,10 @@ impl BenchDir {
     }
 }
 
-fn run_one(
+/// One WAL run: `producers` tasks on `backend` in a fresh WAL directory
+/// under `bench_dir` (removed afterwards). Other workloads call this for
+/// their raw-WAL baseline (`store-commit`'s `ratio_vs_wal`).
+pub(crate) fn run_one(
     args: &WalArgs,
     bench_dir: &Path,
     backend: Backend,
@@ -309,6 +312,7 @@ fn run_one(
     };
     Ok(WalRow {
         bench: "wal",
+        workload: "wal",
         backend: backend.name(),
         producers,
         record_bytes: args.record_bytes,
@@ -328,10 +332,22 @@ fn run_one(
     })
 }
 
-#[derive(Clone, Copy)]
-struct Window {
-    measure_from: Instant,
-    until: Instant,
+/// The warm-up end and the end of a measured window (shared by workloads).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub measure_from: Instant,
+    pub until: Instant,
+}
+
+impl Window {
+    /// A window starting now: `warmup` unmeasured, then `measured`.
+    pub(crate) fn starting_now(warmup: Duration, measured: Duration) -> Window {
+        let start = Instant::now();
+        Window {
+            measure_from: start + warmup,
+            until: start + warmup + measured,
+        }
+    }
 }
 
 /// One producer: appends until the window closes; returns the latencies of

@@ -1,0 +1,423 @@
+//! The `store-commit` workload: N committer threads, each owning one
+//! `bench.Plain8` object (created up front), each looping `Store::commit`
+//! of a transaction that writes a random number of that object's fields.
+//! After each store run, the raw WAL is measured with the same number of
+//! producers and the mean encoded transaction size as its record size (the
+//! `wal` workload's own `run_one`), giving `ratio_vs_wal`.
+//!
+//! Owns: the `store-commit` arguments, one fresh store directory per run
+//! (removed after it), the committer threads and the measured window.
+//! Not: the WAL baseline's mechanics (`wal_bench.rs`), printing (`report.rs`).
+//! Window: as in `wal`: a commit is measured if it starts inside
+//! `[warm-up end, warm-up end + seconds)`; none starts after it. Store stats
+//! are read at both edges.
+//! Store: default `StoreConfig` with `background_maintenance = true` (the
+//! production checkpoint settings) and the WAL backend forced to the one
+//! the baseline uses.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tc_heap_store::dna::{Dna, LockRef, Transaction};
+use tc_heap_store::{ObjectId, Store, StoreConfig, StoreStats};
+use tc_wal::{Backend, BackendChoice, WalConfig};
+
+use crate::fsync_probe;
+use crate::report::{self, LatencySummary};
+use crate::store_common::{
+    self, FieldRange, Rng, StoreBenchError, io_err, plain8_class, store_err,
+};
+use crate::wal_bench::{self, BackendArg, BenchDir, BenchError, WalArgs, Window};
+
+const COMMITTERS_MAX: u32 = 10_000;
+
+#[derive(Debug, Args)]
+pub struct StoreCommitArgs {
+    /// Committer thread counts, comma-separated; one run each.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,16,64",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(COMMITTERS_MAX)),
+    )]
+    pub committers: Vec<u32>,
+    /// Fields each transaction writes: a count or a range (uniform), of 8.
+    #[arg(long, default_value = "1-8", value_parser = store_common::parse_field_range)]
+    pub fields: FieldRange,
+    /// Measured seconds per run (after the warm-up); the WAL baseline runs
+    /// as long.
+    #[arg(long, default_value_t = 5.0, value_parser = wal_bench::parse_seconds, allow_negative_numbers = true)]
+    pub seconds: f64,
+    /// Warm-up seconds per run, excluded from every number.
+    #[arg(long, default_value_t = 1.0, value_parser = wal_bench::parse_seconds, allow_negative_numbers = true)]
+    pub warmup_seconds: f64,
+    /// WAL backend of the store and of the baseline. Default: io_uring when
+    /// available, else portable.
+    #[arg(long)]
+    pub backend: Option<BackendArg>,
+    /// Print one JSON object per run on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Directory for the stores and WALs (each run gets a fresh
+    /// subdirectory, removed after it). Default: a temporary directory under
+    /// the current directory.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// One store-commit run and its WAL baseline.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreCommitRow {
+    pub bench: &'static str,
+    pub workload: &'static str,
+    pub backend: &'static str,
+    pub committers: u32,
+    pub fields_min: u32,
+    pub fields_max: u32,
+    pub seconds: f64,
+    pub warmup_seconds: f64,
+    /// Commits started in the window (each durable and applied).
+    pub transactions: u64,
+    pub tx_per_sec: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    /// Mean encoded transaction (WAL payload) size in the window.
+    pub mean_tx_bytes: f64,
+    /// WAL records / fdatasyncs in the window (group-commit batch size).
+    pub wal_records_per_fsync: f64,
+    pub wal_syncs: u64,
+    /// Times the checkpoint LSN moved during the window (polled every 50 ms).
+    pub checkpoints_in_window: u64,
+    /// The raw WAL, same producers, record size = round(mean_tx_bytes).
+    pub wal_record_bytes: u32,
+    pub wal_records_per_sec: f64,
+    pub wal_p50_us: u64,
+    pub wal_p99_us: u64,
+    pub wal_baseline_records_per_fsync: f64,
+    /// tx_per_sec / wal_records_per_sec.
+    pub ratio_vs_wal: f64,
+    pub fdatasync_p50_us: u64,
+    pub fdatasync_p99_us: u64,
+}
+
+pub fn run(args: &StoreCommitArgs) -> Result<(), StoreBenchError> {
+    let rows = run_all(args, &mut |row| {
+        if args.json {
+            println!("{}", report::to_json_line(row));
+        }
+    })?;
+    if !args.json {
+        print!("{}", table(&rows));
+    }
+    Ok(())
+}
+
+pub fn run_all(
+    args: &StoreCommitArgs,
+    on_row: &mut dyn FnMut(&StoreCommitRow),
+) -> Result<Vec<StoreCommitRow>, StoreBenchError> {
+    let backend = store_common::choose_backend(args.backend)?;
+    let bench_dir = BenchDir::new(args.dir.as_deref())?;
+    eprintln!(
+        "measuring pwrite(64 B) + fdatasync in {}",
+        bench_dir.path().display()
+    );
+    let fdatasync = fsync_probe::measure(bench_dir.path()).map_err(|source| BenchError::Probe {
+        path: bench_dir.path().to_owned(),
+        source,
+    })?;
+    eprintln!(
+        "fdatasync: p50 {} us, p99 {} us ({} samples)",
+        fdatasync.p50_us, fdatasync.p99_us, fdatasync.count
+    );
+    let mut rows = Vec::new();
+    for &committers in &args.committers {
+        eprintln!(
+            "running store-commit: backend {backend}, {committers} committers, fields {}-{}, {} s (+{} s warm-up)",
+            args.fields.min, args.fields.max, args.seconds, args.warmup_seconds
+        );
+        let store_run = run_store(args, bench_dir.path(), backend, committers)?;
+        eprintln!(
+            "  {:.0} tx/s, p50 {} us, p99 {} us, {:.1} records/fsync, mean tx {:.1} B",
+            store_run.tx_per_sec,
+            store_run.latency.p50_us,
+            store_run.latency.p99_us,
+            store_run.records_per_fsync,
+            store_run.mean_tx_bytes
+        );
+        let wal_record_bytes = (store_run.mean_tx_bytes.round() as u32).max(1);
+        let wal_args = WalArgs {
+            producers: vec![committers],
+            backend: vec![backend_arg(backend)],
+            record_bytes: wal_record_bytes,
+            seconds: args.seconds,
+            warmup_seconds: args.warmup_seconds,
+            writes_in_flight: None,
+            json: args.json,
+            dir: Some(bench_dir.path().to_owned()),
+        };
+        eprintln!(
+            "running the raw WAL baseline: {committers} producers, {wal_record_bytes} B records"
+        );
+        let wal = wal_bench::run_one(&wal_args, bench_dir.path(), backend, committers, &fdatasync)?;
+        eprintln!("  {:.0} records/s", wal.records_per_sec);
+        let row = StoreCommitRow {
+            bench: "store-commit",
+            workload: "store-commit",
+            backend: backend.name(),
+            committers,
+            fields_min: args.fields.min,
+            fields_max: args.fields.max,
+            seconds: args.seconds,
+            warmup_seconds: args.warmup_seconds,
+            transactions: store_run.latency.count,
+            tx_per_sec: store_run.tx_per_sec,
+            p50_us: store_run.latency.p50_us,
+            p99_us: store_run.latency.p99_us,
+            p999_us: store_run.latency.p999_us,
+            max_us: store_run.latency.max_us,
+            mean_tx_bytes: store_run.mean_tx_bytes,
+            wal_records_per_fsync: store_run.records_per_fsync,
+            wal_syncs: store_run.syncs,
+            checkpoints_in_window: store_run.checkpoints,
+            wal_record_bytes,
+            wal_records_per_sec: wal.records_per_sec,
+            wal_p50_us: wal.p50_us,
+            wal_p99_us: wal.p99_us,
+            wal_baseline_records_per_fsync: wal.records_per_fsync,
+            ratio_vs_wal: if wal.records_per_sec > 0.0 {
+                store_run.tx_per_sec / wal.records_per_sec
+            } else {
+                0.0
+            },
+            fdatasync_p50_us: fdatasync.p50_us,
+            fdatasync_p99_us: fdatasync.p99_us,
+        };
+        on_row(&row);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn backend_arg(backend: Backend) -> BackendArg {
+    match backend {
+        Backend::Uring => BackendArg::Uring,
+        Backend::Portable => BackendArg::Portable,
+    }
+}
+
+pub fn table(rows: &[StoreCommitRow]) -> String {
+    const HEADER: [&str; 10] = [
+        "backend",
+        "committers",
+        "tx/s",
+        "p50 us",
+        "p99 us",
+        "p999 us",
+        "records/fsync",
+        "tx bytes",
+        "wal records/s",
+        "ratio vs wal",
+    ];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.backend.to_string(),
+                r.committers.to_string(),
+                format!("{:.0}", r.tx_per_sec),
+                r.p50_us.to_string(),
+                r.p99_us.to_string(),
+                r.p999_us.to_string(),
+                format!("{:.1}", r.wal_records_per_fsync),
+                format!("{:.1}", r.mean_tx_bytes),
+                format!("{:.0}", r.wal_records_per_sec),
+                format!("{:.2}", r.ratio_vs_wal),
+            ]
+        })
+        .collect();
+    report::render_table(&HEADER, &cells)
+}
+
+struct StoreRun {
+    latency: LatencySummary,
+    tx_per_sec: f64,
+    mean_tx_bytes: f64,
+    records_per_fsync: f64,
+    syncs: u64,
+    checkpoints: u64,
+}
+
+/// What one committer measured in the window.
+struct Committed {
+    histogram: Histogram<u64>,
+    tx_bytes: u64,
+}
+
+fn run_store(
+    args: &StoreCommitArgs,
+    bench_dir: &Path,
+    backend: Backend,
+    committers: u32,
+) -> Result<StoreRun, StoreBenchError> {
+    let store_dir = tempfile::Builder::new()
+        .prefix(&format!("store-commit-c{committers}-"))
+        .tempdir_in(bench_dir)
+        .map_err(io_err(bench_dir))?;
+    let config = StoreConfig {
+        wal: WalConfig {
+            backend: BackendChoice::Only(backend),
+            ..WalConfig::default()
+        },
+        background_maintenance: true,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(store_dir.path(), config).map_err(store_err("opening the store"))?;
+    let class = store
+        .register_class(&plain8_class())
+        .map_err(store_err("registering the class"))?;
+    let ids = store
+        .allocate_ids(u64::from(committers))
+        .map_err(store_err("allocating ids"))?;
+    let objects: Vec<ObjectId> = ids.map(ObjectId).collect();
+    let create = Transaction {
+        client: 1,
+        seq: 1,
+        lock: LockRef::None,
+        roots: Vec::new(),
+        dnas: objects
+            .iter()
+            .map(|&id| Dna::new_object(id, class))
+            .collect(),
+    };
+    store
+        .commit(create.encode())
+        .map_err(store_err("creating the objects"))?;
+
+    let window = Window::starting_now(
+        Duration::from_secs_f64(args.warmup_seconds),
+        Duration::from_secs_f64(args.seconds),
+    );
+    let failed = AtomicBool::new(false);
+    let (results, before, after, checkpoints) = std::thread::scope(|scope| {
+        let handles: Vec<_> = objects
+            .iter()
+            .enumerate()
+            .map(|(index, &object)| {
+                let store = &store;
+                let failed = &failed;
+                let fields = args.fields;
+                std::thread::Builder::new()
+                    .name(format!("committer-{index}"))
+                    .spawn_scoped(scope, move || {
+                        let result = commit_loop(store, index as u64, object, fields, window);
+                        if result.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        result
+                    })
+                    .expect("spawn a committer thread")
+            })
+            .collect();
+        store_common::sleep_until(window.measure_from);
+        let before = store.stats();
+        let mut checkpoints = 0u64;
+        let mut last_checkpoint = before.checkpoint_lsn;
+        while Instant::now() < window.until && !failed.load(Ordering::Relaxed) {
+            std::thread::sleep(
+                Duration::from_millis(50)
+                    .min(window.until.saturating_duration_since(Instant::now())),
+            );
+            let lsn = store.stats().checkpoint_lsn;
+            if lsn != last_checkpoint {
+                checkpoints += 1;
+                last_checkpoint = lsn;
+            }
+        }
+        let after = store.stats();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| h.join().expect("a committer thread panicked"))
+            .collect();
+        (results, before, after, checkpoints)
+    });
+    let mut histogram = report::latency_histogram();
+    let mut tx_bytes = 0u64;
+    for result in results {
+        let committed = result?;
+        histogram
+            .add(&committed.histogram)
+            .expect("histograms share their bounds");
+        tx_bytes += committed.tx_bytes;
+    }
+    store.close().map_err(store_err("closing the store"))?;
+    drop(store_dir);
+
+    let latency = LatencySummary::of(&histogram);
+    let (records, syncs) = wal_delta(&before, &after);
+    Ok(StoreRun {
+        latency,
+        tx_per_sec: latency.count as f64 / args.seconds,
+        mean_tx_bytes: if latency.count == 0 {
+            0.0
+        } else {
+            tx_bytes as f64 / latency.count as f64
+        },
+        records_per_fsync: if syncs == 0 {
+            0.0
+        } else {
+            records as f64 / syncs as f64
+        },
+        syncs,
+        checkpoints,
+    })
+}
+
+fn wal_delta(before: &StoreStats, after: &StoreStats) -> (u64, u64) {
+    (
+        after.wal.records - before.wal.records,
+        after.wal.syncs - before.wal.syncs,
+    )
+}
+
+/// One committer: commits updates of its own object until the window
+/// closes; returns the latencies and bytes of those started inside it.
+fn commit_loop(
+    store: &Store,
+    index: u64,
+    object: ObjectId,
+    fields: FieldRange,
+    window: Window,
+) -> Result<Committed, StoreBenchError> {
+    let mut rng = Rng::new(index + 1);
+    let mut histogram = report::latency_histogram();
+    let mut tx_bytes = 0u64;
+    let mut slots = Vec::with_capacity(8);
+    let client = index + 1;
+    for seq in 1.. {
+        fields.pick_slots(&mut rng, &mut slots);
+        let tx = store_common::update_tx(client, seq, object, &slots, &mut rng);
+        let len = tx.len() as u64;
+        let started = Instant::now();
+        if started >= window.until {
+            break;
+        }
+        store
+            .commit(tx)
+            .map_err(store_err(format!("committer {index} commit")))?;
+        if started >= window.measure_from {
+            report::record_latency(&mut histogram, started.elapsed());
+            tx_bytes += len;
+        }
+    }
+    Ok(Committed {
+        histogram,
+        tx_bytes,
+    })
+}
