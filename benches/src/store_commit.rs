@@ -16,6 +16,7 @@
 //! the baseline uses.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,10 @@ pub struct StoreCommitArgs {
     /// available, else portable.
     #[arg(long)]
     pub backend: Option<BackendArg>,
+    /// Run the committers as tokio tasks calling `commit_async` (as a
+    /// server would) instead of threads calling `commit`.
+    #[arg(long)]
+    pub tasks: bool,
     /// Print one JSON object per run on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -76,6 +81,8 @@ pub struct StoreCommitRow {
     pub workload: &'static str,
     pub backend: &'static str,
     pub committers: u32,
+    /// "threads" (`commit`) or "tasks" (`commit_async` on tokio).
+    pub mode: &'static str,
     pub fields_min: u32,
     pub fields_max: u32,
     pub seconds: f64,
@@ -172,6 +179,7 @@ pub fn run_all(
             workload: "store-commit",
             backend: backend.name(),
             committers,
+            mode: if args.tasks { "tasks" } else { "threads" },
             fields_min: args.fields.min,
             fields_max: args.fields.max,
             seconds: args.seconds,
@@ -213,8 +221,9 @@ fn backend_arg(backend: Backend) -> BackendArg {
 }
 
 pub fn table(rows: &[StoreCommitRow]) -> String {
-    const HEADER: [&str; 10] = [
+    const HEADER: [&str; 11] = [
         "backend",
+        "mode",
         "committers",
         "tx/s",
         "p50 us",
@@ -230,6 +239,7 @@ pub fn table(rows: &[StoreCommitRow]) -> String {
         .map(|r| {
             vec![
                 r.backend.to_string(),
+                r.mode.to_string(),
                 r.committers.to_string(),
                 format!("{:.0}", r.tx_per_sec),
                 r.p50_us.to_string(),
@@ -305,48 +315,65 @@ fn run_store(
         Duration::from_secs_f64(args.seconds),
     );
     let failed = AtomicBool::new(false);
-    let (results, before, after, checkpoints) = std::thread::scope(|scope| {
+    let (results, before, after, checkpoints, store) = if args.tasks {
+        let store = Arc::new(store);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(io_err(bench_dir))?;
         let handles: Vec<_> = objects
             .iter()
             .enumerate()
             .map(|(index, &object)| {
-                let store = &store;
-                let failed = &failed;
-                let fields = args.fields;
-                std::thread::Builder::new()
-                    .name(format!("committer-{index}"))
-                    .spawn_scoped(scope, move || {
-                        let result = commit_loop(store, index as u64, object, fields, window);
-                        if result.is_err() {
-                            failed.store(true, Ordering::Relaxed);
-                        }
-                        result
-                    })
-                    .expect("spawn a committer thread")
+                runtime.spawn(commit_task(
+                    Arc::clone(&store),
+                    index as u64,
+                    object,
+                    args.fields,
+                    window,
+                ))
             })
             .collect();
-        store_common::sleep_until(window.measure_from);
-        let before = store.stats();
-        let mut checkpoints = 0u64;
-        let mut last_checkpoint = before.checkpoint_lsn;
-        while Instant::now() < window.until && !failed.load(Ordering::Relaxed) {
-            std::thread::sleep(
-                Duration::from_millis(50)
-                    .min(window.until.saturating_duration_since(Instant::now())),
-            );
-            let lsn = store.stats().checkpoint_lsn;
-            if lsn != last_checkpoint {
-                checkpoints += 1;
-                last_checkpoint = lsn;
-            }
-        }
-        let after = store.stats();
+        let (before, after, checkpoints) = watch_window(&store, window, &failed);
         let results: Vec<_> = handles
             .into_iter()
-            .map(|h| h.join().expect("a committer thread panicked"))
+            .map(|h| runtime.block_on(h).expect("a committer task panicked"))
             .collect();
-        (results, before, after, checkpoints)
-    });
+        drop(runtime);
+        let store = Arc::try_unwrap(store)
+            .map_err(|_| ())
+            .expect("every task has finished");
+        (results, before, after, checkpoints, store)
+    } else {
+        let (results, before, after, checkpoints) = std::thread::scope(|scope| {
+            let handles: Vec<_> = objects
+                .iter()
+                .enumerate()
+                .map(|(index, &object)| {
+                    let store = &store;
+                    let failed = &failed;
+                    let fields = args.fields;
+                    std::thread::Builder::new()
+                        .name(format!("committer-{index}"))
+                        .spawn_scoped(scope, move || {
+                            let result = commit_loop(store, index as u64, object, fields, window);
+                            if result.is_err() {
+                                failed.store(true, Ordering::Relaxed);
+                            }
+                            result
+                        })
+                        .expect("spawn a committer thread")
+                })
+                .collect();
+            let (before, after, checkpoints) = watch_window(&store, window, &failed);
+            let results: Vec<_> = handles
+                .into_iter()
+                .map(|h| h.join().expect("a committer thread panicked"))
+                .collect();
+            (results, before, after, checkpoints)
+        });
+        (results, before, after, checkpoints, store)
+    };
     let mut histogram = report::latency_histogram();
     let mut tx_bytes = 0u64;
     for result in results {
@@ -379,6 +406,30 @@ fn run_store(
     })
 }
 
+/// Waits out the window, counting checkpoints (polled every 50 ms); returns
+/// the store's stats at the start and end of the measured part.
+fn watch_window(
+    store: &Store,
+    window: Window,
+    failed: &AtomicBool,
+) -> (StoreStats, StoreStats, u64) {
+    store_common::sleep_until(window.measure_from);
+    let before = store.stats();
+    let mut checkpoints = 0u64;
+    let mut last_checkpoint = before.checkpoint_lsn;
+    while Instant::now() < window.until && !failed.load(Ordering::Relaxed) {
+        std::thread::sleep(
+            Duration::from_millis(50).min(window.until.saturating_duration_since(Instant::now())),
+        );
+        let lsn = store.stats().checkpoint_lsn;
+        if lsn != last_checkpoint {
+            checkpoints += 1;
+            last_checkpoint = lsn;
+        }
+    }
+    (before, store.stats(), checkpoints)
+}
+
 fn wal_delta(before: &StoreStats, after: &StoreStats) -> (u64, u64) {
     (
         after.wal.records - before.wal.records,
@@ -386,8 +437,61 @@ fn wal_delta(before: &StoreStats, after: &StoreStats) -> (u64, u64) {
     )
 }
 
-/// One committer: commits updates of its own object until the window
-/// closes; returns the latencies and bytes of those started inside it.
+/// One committer's state: the transactions it makes and what it measured.
+struct Committer {
+    index: u64,
+    object: ObjectId,
+    fields: FieldRange,
+    window: Window,
+    rng: Rng,
+    slots: Vec<u32>,
+    seq: u64,
+    done: Committed,
+}
+
+impl Committer {
+    fn new(index: u64, object: ObjectId, fields: FieldRange, window: Window) -> Committer {
+        Committer {
+            index,
+            object,
+            fields,
+            window,
+            rng: Rng::new(index + 1),
+            slots: Vec::with_capacity(8),
+            seq: 0,
+            done: Committed {
+                histogram: report::latency_histogram(),
+                tx_bytes: 0,
+            },
+        }
+    }
+
+    /// The next transaction and its start time, or `None` once the window
+    /// has closed.
+    fn next(&mut self) -> Option<(Vec<u8>, Instant)> {
+        self.seq += 1;
+        self.fields.pick_slots(&mut self.rng, &mut self.slots);
+        let tx = store_common::update_tx(
+            self.index + 1,
+            self.seq,
+            self.object,
+            &self.slots,
+            &mut self.rng,
+        );
+        let started = Instant::now();
+        (started < self.window.until).then_some((tx, started))
+    }
+
+    fn committed(&mut self, len: usize, started: Instant) {
+        if started >= self.window.measure_from {
+            report::record_latency(&mut self.done.histogram, started.elapsed());
+            self.done.tx_bytes += len as u64;
+        }
+    }
+}
+
+/// One committer thread: commits updates of its own object until the
+/// window closes; returns the latencies and bytes of those started inside it.
 fn commit_loop(
     store: &Store,
     index: u64,
@@ -395,29 +499,33 @@ fn commit_loop(
     fields: FieldRange,
     window: Window,
 ) -> Result<Committed, StoreBenchError> {
-    let mut rng = Rng::new(index + 1);
-    let mut histogram = report::latency_histogram();
-    let mut tx_bytes = 0u64;
-    let mut slots = Vec::with_capacity(8);
-    let client = index + 1;
-    for seq in 1.. {
-        fields.pick_slots(&mut rng, &mut slots);
-        let tx = store_common::update_tx(client, seq, object, &slots, &mut rng);
-        let len = tx.len() as u64;
-        let started = Instant::now();
-        if started >= window.until {
-            break;
-        }
+    let mut committer = Committer::new(index, object, fields, window);
+    while let Some((tx, started)) = committer.next() {
+        let len = tx.len();
         store
             .commit(tx)
             .map_err(store_err(format!("committer {index} commit")))?;
-        if started >= window.measure_from {
-            report::record_latency(&mut histogram, started.elapsed());
-            tx_bytes += len;
-        }
+        committer.committed(len, started);
     }
-    Ok(Committed {
-        histogram,
-        tx_bytes,
-    })
+    Ok(committer.done)
+}
+
+/// `commit_loop` as a tokio task calling `commit_async`.
+async fn commit_task(
+    store: Arc<Store>,
+    index: u64,
+    object: ObjectId,
+    fields: FieldRange,
+    window: Window,
+) -> Result<Committed, StoreBenchError> {
+    let mut committer = Committer::new(index, object, fields, window);
+    while let Some((tx, started)) = committer.next() {
+        let len = tx.len();
+        store
+            .commit_async(tx)
+            .await
+            .map_err(store_err(format!("committer {index} commit")))?;
+        committer.committed(len, started);
+    }
+    Ok(committer.done)
 }

@@ -25,8 +25,9 @@ use crate::model::{ClassDef, ClassId, ClassKind, LogicalOp, Lsn, Object, ObjectI
 use crate::records::StoreRecord;
 use crate::table::{ObjectTable, TableEntry};
 
-/// Most cache entries one eviction pass looks at.
-const EVICTION_STEPS_MAX: usize = 1024;
+/// Cache entries one eviction pass looks at, plus two per object that
+/// entered the cache since the last pass.
+const EVICTION_STEPS_BASE: usize = 1024;
 
 /// Table entry flag: the object was deleted at `version`.
 pub const ENTRY_DELETED: u16 = 1;
@@ -80,6 +81,7 @@ pub(crate) struct Heap {
     cache: IndexMap<ObjectId, Cached>,
     dirty: HashSet<ObjectId>,
     clock_hand: usize,
+    inserted_since_eviction: usize,
     cached_bytes: usize,
     budget_bytes: usize,
     stats: CacheStats,
@@ -134,6 +136,7 @@ impl Heap {
             cache: IndexMap::new(),
             dirty: HashSet::new(),
             clock_hand: 0,
+            inserted_since_eviction: 0,
             cached_bytes: 0,
             budget_bytes,
             stats: CacheStats::default(),
@@ -224,6 +227,7 @@ impl Heap {
     }
 
     fn insert(&mut self, id: ObjectId, object: Object, version: Lsn, dirty: bool) {
+        self.inserted_since_eviction += 1;
         let bytes = approx_bytes(&object);
         self.cached_bytes += bytes;
         if dirty {
@@ -244,10 +248,18 @@ impl Heap {
 
     /// Evicts clean objects (clock order) until the cache fits its budget
     /// or only dirty and recently used objects are left.
+    /// A full eviction pass (after a checkpoint made objects clean).
+    pub fn evict_all_over_budget(&mut self) {
+        self.inserted_since_eviction = self.cache.len();
+        self.evict_over_budget();
+    }
+
     pub fn evict_over_budget(&mut self) {
-        // Bounded work per call: with the cache full of dirty objects this
-        // gives up quickly (a checkpoint will make them clean).
-        let mut steps = (2 * self.cache.len()).min(EVICTION_STEPS_MAX);
+        // Bounded work per call, proportional to what entered the cache:
+        // with the cache full of dirty objects this gives up quickly (a
+        // checkpoint will make them clean, then `evict_all_over_budget`).
+        let steps_max = EVICTION_STEPS_BASE + 2 * std::mem::take(&mut self.inserted_since_eviction);
+        let mut steps = (2 * self.cache.len()).min(steps_max);
         while self.cached_bytes > self.budget_bytes && steps > 0 && !self.cache.is_empty() {
             steps -= 1;
             if self.clock_hand >= self.cache.len() {

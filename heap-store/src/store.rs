@@ -17,12 +17,13 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tc_wal::{PendingAppend, Wal, WalConfig};
+use tc_wal::{AppendSlot, PendingAppend, Wal, WalConfig};
 
 use crate::checkpoint::Checkpoint;
 use crate::datafile::{DataFiles, SegmentWriter, image_record_bytes};
@@ -140,6 +141,8 @@ struct Inner {
     heap: Mutex<Heap>,
     pending: Mutex<VecDeque<Pending>>,
     poisoned: OnceLock<StoreError>,
+    /// `heap.applied_end`, readable without the heap lock.
+    applied_end: AtomicU64,
     stop: Mutex<bool>,
     wake: Condvar,
 }
@@ -215,6 +218,7 @@ impl Store {
             replay_ms = report.replay_time.as_millis() as u64,
             "store open"
         );
+        let applied_end = AtomicU64::new(heap.applied_end.0);
         let inner = Arc::new(Inner {
             dir,
             files,
@@ -229,6 +233,7 @@ impl Store {
             heap: Mutex::new(heap),
             pending: Mutex::new(VecDeque::new()),
             poisoned: OnceLock::new(),
+            applied_end,
             stop: Mutex::new(false),
             wake: Condvar::new(),
             config,
@@ -258,7 +263,27 @@ impl Store {
     /// Validates and commits one encoded transaction; returns its LSN once
     /// it is durable and applied. A rejected transaction writes nothing.
     pub fn commit(&self, tx_bytes: impl Into<Bytes>) -> Result<Lsn> {
-        let bytes: Bytes = tx_bytes.into();
+        let (tx, bytes) = self.prepare(tx_bytes.into())?;
+        let (lsn, ticket) = self.sequence(tx, bytes, None)?;
+        let durable = ticket.wait();
+        self.inner.finish(lsn, durable)
+    }
+
+    /// `commit` for async callers (a tokio task): waits for room in the WAL
+    /// queue and for durability without blocking the thread. The checks and
+    /// the apply take the store's locks briefly, as in `commit`.
+    pub async fn commit_async(&self, tx_bytes: impl Into<Bytes>) -> Result<Lsn> {
+        let (tx, bytes) = self.prepare(tx_bytes.into())?;
+        let slot = self.inner.wal.reserve().await?;
+        let (lsn, ticket) = self.sequence(tx, bytes, Some(slot))?;
+        let durable = ticket.wait_async().await;
+        self.inner.finish(lsn, durable)
+    }
+
+    /// Size check and decode; faults the changed objects in (outside the
+    /// sequencer): an unreadable image fails this transaction, not the
+    /// heap, and the apply after the WAL finds them cached.
+    fn prepare(&self, bytes: Bytes) -> Result<(Transaction, Bytes)> {
         let max = self
             .inner
             .config
@@ -272,23 +297,27 @@ impl Store {
             .into());
         }
         let tx = Transaction::decode(&bytes).map_err(Rejection::Malformed)?;
-        // Fault the changed objects in first (outside the sequencer): an
-        // unreadable image fails this transaction, not the heap, and the
-        // apply after the WAL finds them cached.
         for dna in tx.dnas.iter().filter(|d| d.new_class.is_none()) {
             self.get(dna.object)?;
         }
-        let (lsn, ticket) = {
-            let mut seq = lock(&self.inner.sequencer);
-            self.inner.check_not_poisoned()?;
-            let effects = seq.check(&tx, |id| self.inner.list_len_from_heap(id))?;
-            let submitted = self
-                .inner
-                .submit(&mut seq, StoreRecord::Transaction(tx), bytes)?;
-            seq.record(effects);
-            submitted
-        };
-        self.inner.finish(lsn, ticket)
+        Ok((tx, bytes))
+    }
+
+    /// Checks `tx` and submits it to the WAL, in one critical section.
+    fn sequence(
+        &self,
+        tx: Transaction,
+        bytes: Bytes,
+        slot: Option<AppendSlot>,
+    ) -> Result<(Lsn, PendingAppend)> {
+        let mut seq = lock(&self.inner.sequencer);
+        self.inner.check_not_poisoned()?;
+        let effects = seq.check(&tx, |id| self.inner.list_len_from_heap(id))?;
+        let submitted =
+            self.inner
+                .submit_via(&mut seq, StoreRecord::Transaction(tx), bytes, slot)?;
+        seq.record(effects);
+        Ok(submitted)
     }
 
     /// Hands out `n` fresh object ids, durably: never handed out again,
@@ -320,7 +349,7 @@ impl Store {
             seq.next_id = end;
             (first..end, lsn, ticket)
         };
-        self.inner.finish(lsn, ticket)?;
+        self.inner.finish(lsn, ticket.wait())?;
         Ok(range)
     }
 
@@ -355,7 +384,7 @@ impl Store {
             seq.class_ids.insert(def.name.clone(), id);
             (id, lsn, ticket)
         };
-        self.inner.finish(lsn, ticket)?;
+        self.inner.finish(lsn, ticket.wait())?;
         Ok(id)
     }
 
@@ -482,25 +511,43 @@ impl Inner {
         record: StoreRecord,
         payload: Bytes,
     ) -> Result<(Lsn, PendingAppend)> {
+        self.submit_via(seq, record, payload, None)
+    }
+
+    /// `submit` through a reserved queue slot (never blocks) or, without
+    /// one, waiting for room in the queue.
+    fn submit_via(
+        &self,
+        seq: &mut Sequencer,
+        record: StoreRecord,
+        payload: Bytes,
+        slot: Option<AppendSlot>,
+    ) -> Result<(Lsn, PendingAppend)> {
         let lsn = seq.next_lsn;
         let end = Lsn(lsn.0 + tc_wal::format::frame_bytes(payload.len()));
-        let ticket = self.wal.submit(record.kind(), payload)?;
+        let ticket = match slot {
+            Some(slot) => slot.submit(record.kind(), payload)?,
+            None => self.wal.submit(record.kind(), payload)?,
+        };
         seq.next_lsn = end;
         lock(&self.pending).push_back(Pending { lsn, end, record });
         Ok((lsn, ticket))
     }
 
-    /// Waits for a submitted record to be durable, then applies everything
-    /// durable up to and including it.
-    fn finish(&self, lsn: Lsn, ticket: PendingAppend) -> Result<Lsn> {
-        match ticket.wait() {
+    /// Once a submitted record is durable (`durable` is what the WAL said),
+    /// applies everything durable up to and including it, unless another
+    /// committer already did.
+    fn finish(&self, lsn: Lsn, durable: tc_wal::Result<Lsn>) -> Result<Lsn> {
+        match durable {
             Ok(durable) => assert_eq!(
                 durable, lsn,
                 "the WAL gave a record another LSN than the sequencer expected"
             ),
             Err(e) => return Err(self.poison(e.into())),
         }
-        self.apply_durable(Some(lsn))?;
+        if self.applied_end.load(Ordering::Acquire) <= lsn.0 {
+            self.apply_durable(Some(lsn))?;
+        }
         Ok(lsn)
     }
 
@@ -602,6 +649,7 @@ impl Inner {
                 report.image_bytes += u64::from(length);
             }
             heap.table.flush()?;
+            heap.evict_all_over_budget();
         }
         report.images_written = images.len();
         Checkpoint {
@@ -814,7 +862,7 @@ impl Inner {
         }
         drop(seq);
         for (lsn, ticket) in tickets {
-            self.finish(lsn, ticket)?;
+            self.finish(lsn, ticket.wait())?;
         }
         Ok(GcReport {
             reachable,

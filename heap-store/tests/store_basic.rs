@@ -205,3 +205,69 @@ fn bad_transactions_are_rejected_and_write_nothing() {
         .commit(tx(3, vec![Dna::update(a).field(1, Value::Int(5))], vec![]))
         .unwrap();
 }
+
+#[test]
+fn async_commits_from_many_tasks_are_all_durable_and_applied_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(Store::open(dir.path(), config()).unwrap());
+    let list_class = store
+        .register_class(&ClassDef::collection(
+            "java.util.ArrayList",
+            ClassKind::List,
+        ))
+        .unwrap();
+    let ids = store.allocate_ids(16).unwrap();
+    let lists: Vec<ObjectId> = ids.map(ObjectId).collect();
+    store
+        .commit(tx(
+            0,
+            lists
+                .iter()
+                .map(|id| Dna::new_object(*id, list_class))
+                .collect(),
+            vec![],
+        ))
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let per_task = 50u64;
+    runtime.block_on(async {
+        let tasks: Vec<_> = lists
+            .iter()
+            .map(|&list| {
+                let store = std::sync::Arc::clone(&store);
+                tokio::spawn(async move {
+                    let mut last = tc_heap_store::Lsn(0);
+                    for i in 0..per_task {
+                        let bytes = tx(
+                            i + 1,
+                            vec![Dna::update(list).op(LogicalOp::ListAdd(Value::Long(i as i64)))],
+                            vec![],
+                        );
+                        let lsn = store.commit_async(bytes).await.unwrap();
+                        assert!(lsn > last, "LSNs of one task's commits increase");
+                        last = lsn;
+                        // Read-your-writes: the commit is applied when it returns.
+                        assert_eq!(store.get(list).unwrap().unwrap().object.len() as u64, i + 1);
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    drop(runtime);
+    let store = std::sync::Arc::try_unwrap(store).unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    for list in lists {
+        let expected: Vec<Value> = (0..per_task).map(|i| Value::Long(i as i64)).collect();
+        assert_eq!(
+            store.get(list).unwrap().unwrap().object.body,
+            Body::List(expected)
+        );
+    }
+}

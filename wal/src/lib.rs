@@ -61,6 +61,6 @@ mod writer;
 pub use device::{Backend, BackendChoice};
 pub use error::{Result, WalError};
 pub use format::{FrameError, HeaderError, Lsn, ScanError};
-pub use log::{PendingAppend, Wal, WalConfig, WalStats};
+pub use log::{AppendSlot, PendingAppend, Wal, WalConfig, WalStats};
 pub use reader::{Record, WalReader};
 pub use recovery::{RecoveryReport, TornTailReport};

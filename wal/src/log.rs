@@ -199,6 +199,48 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn make_request(
+    kind: u8,
+    payload: Bytes,
+    max_record_bytes: u32,
+) -> Result<(Request, oneshot::Receiver<Result<Lsn>>)> {
+    if kind == 0 {
+        return Err(WalError::ReservedKind);
+    }
+    if payload.len() > max_record_bytes as usize {
+        return Err(WalError::RecordTooLarge {
+            len: payload.len(),
+            max: max_record_bytes,
+        });
+    }
+    let (done, wait) = oneshot::channel();
+    Ok((
+        Request {
+            kind,
+            payload,
+            done,
+        },
+        wait,
+    ))
+}
+
+/// A reserved place in the WAL's queue (`Wal::reserve`).
+#[must_use = "a reserved slot holds a place in the queue until used or dropped"]
+pub struct AppendSlot {
+    permit: mpsc::OwnedPermit<Request>,
+    max_record_bytes: u32,
+}
+
+impl AppendSlot {
+    /// Queues a record in the reserved place, without blocking. Records get
+    /// LSNs in the order of `submit` calls, as with `Wal::submit`.
+    pub fn submit(self, kind: u8, payload: impl Into<Bytes>) -> Result<PendingAppend> {
+        let (request, wait) = make_request(kind, payload.into(), self.max_record_bytes)?;
+        self.permit.send(request);
+        Ok(PendingAppend { wait })
+    }
+}
+
 /// A queued append (`Wal::submit`): wait for its durable LSN.
 #[must_use = "an append is acknowledged only by waiting for it"]
 #[derive(Debug)]
@@ -333,25 +375,7 @@ impl Wal {
         kind: u8,
         payload: Bytes,
     ) -> Result<(Request, oneshot::Receiver<Result<Lsn>>)> {
-        if kind == 0 {
-            return Err(WalError::ReservedKind);
-        }
-        let max = self.inner.shared.max_record_bytes;
-        if payload.len() > max as usize {
-            return Err(WalError::RecordTooLarge {
-                len: payload.len(),
-                max,
-            });
-        }
-        let (done, wait) = oneshot::channel();
-        Ok((
-            Request {
-                kind,
-                payload,
-                done,
-            },
-            wait,
-        ))
+        make_request(kind, payload, self.inner.shared.max_record_bytes)
     }
 
     fn queue(&self) -> &mpsc::Sender<Request> {
@@ -378,6 +402,22 @@ impl Wal {
             .blocking_send(request)
             .map_err(|_| WalError::Closed)?;
         Ok(PendingAppend { wait })
+    }
+
+    /// Reserves a place in the queue (waiting while it is full). Submitting
+    /// through the slot never blocks, so an async caller can reserve first
+    /// and then submit while holding a lock that orders its records.
+    pub async fn reserve(&self) -> Result<AppendSlot> {
+        let permit = self
+            .queue()
+            .clone()
+            .reserve_owned()
+            .await
+            .map_err(|_| WalError::Closed)?;
+        Ok(AppendSlot {
+            permit,
+            max_record_bytes: self.inner.shared.max_record_bytes,
+        })
     }
 
     /// Appends a record; resolves once it is durable, with its LSN.
