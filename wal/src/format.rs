@@ -409,6 +409,16 @@ pub fn scan_segment(bytes: &[u8], max_payload_bytes: u32) -> Result<SegmentScan,
                 record_count += 1;
             }
             Err(FrameError::Truncated { .. }) if is_zero(rest) => break None,
+            // Fewer bytes than a frame header at the end of the segment: no
+            // frame can start there (frames never span segments), so they
+            // are slack left at rollover, old bytes if the segment was
+            // recycled, never a torn write.
+            Err(FrameError::Truncated { .. })
+                if rest.len() < FRAME_HEADER_BYTES
+                    && bytes.len() as u64 == header.segment_bytes =>
+            {
+                break None;
+            }
             Err(cause) => break Some(cause),
         }
     };
@@ -576,6 +586,25 @@ mod tests {
         assert_eq!(scan.record_count, 3);
         assert_eq!(scan.end_lsn, Lsn(100 + 3 * FRAME_HEADER_BYTES as u64 + 3));
         assert_eq!(scan.tail, None);
+    }
+
+    #[test]
+    fn old_bytes_in_the_slack_too_small_for_a_frame_are_the_end_not_a_torn_tail() {
+        // A recycled segment: the writer rolled over leaving 14 bytes that
+        // still hold data of the segment's previous life.
+        let payload = vec![7u8; 4096 - SEGMENT_HEADER_BYTES - FRAME_HEADER_BYTES - 14];
+        let mut bytes = segment(100, &[(1, &payload)]);
+        bytes[4096 - 14..].fill(0xab);
+        let scan = scan_segment(&bytes, 8192).expect("valid segment");
+        assert_eq!(scan.record_count, 1);
+        assert_eq!(scan.tail, None);
+        assert_eq!(
+            scan.end_lsn,
+            Lsn(100 + 4096 - SEGMENT_HEADER_BYTES as u64 - 14)
+        );
+        // The same bytes in a short file (not the segment's end) stay torn.
+        let short = &bytes[..4096 - 4];
+        assert!(scan_segment(short, 8192).expect("scans").tail.is_some());
     }
 
     #[test]

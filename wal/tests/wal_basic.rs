@@ -306,3 +306,47 @@ fn invalid_config_names_the_field() {
     ));
     assert!(err.to_string().contains("segment_bytes"));
 }
+
+/// A recycled segment keeps its old bytes. When the writer rolls over with
+/// fewer bytes left than a frame header, those bytes are old data: they
+/// must read as the end of the segment, not as a torn write before the
+/// next segment (which would refuse to open).
+#[test]
+fn old_bytes_left_at_rollover_in_a_recycled_segment_are_not_damage() {
+    for backend in common::backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig {
+            segment_bytes: 64 << 10,
+            max_record_bytes: 8 << 10,
+            spare_segments: 1,
+            ..common::small_config(backend)
+        };
+        let capacity = (64 << 10) - tc_wal::format::SEGMENT_HEADER_BYTES;
+        let wal = Wal::open(dir.path(), config.clone()).unwrap();
+        // Phase 1: frames of 64 B fill segments exactly, to the last byte.
+        let small = vec![0x5a; 64 - tc_wal::format::FRAME_HEADER_BYTES];
+        let mut last = Lsn(0);
+        for _ in 0..3 * capacity / 64 {
+            last = wal.append(1, small.clone()).unwrap();
+        }
+        // Recycle everything before the last record's segment.
+        wal.truncate_before(last).unwrap();
+        // Phase 2: 16 frames of 4091 B leave 16 B of phase-1 bytes at the end
+        // of each segment; three segments' worth reuses the recycled files.
+        let big = vec![0xc3; 4091 - tc_wal::format::FRAME_HEADER_BYTES];
+        assert_eq!((capacity - 16) % 4091, 0);
+        let mut written = Vec::new();
+        for _ in 0..3 * 16 {
+            written.push(wal.append(2, big.clone()).unwrap());
+        }
+        drop(wal);
+        let wal = Wal::open(dir.path(), config)
+            .unwrap_or_else(|e| panic!("{backend:?}: reopen after rollover into recycled segments: {e}"));
+        let mut reader = wal.reader(written[0]).unwrap();
+        for lsn in &written {
+            let record = reader.try_next().unwrap().expect("record");
+            assert_eq!((record.lsn, record.payload.len()), (*lsn, big.len()));
+        }
+        assert!(reader.try_next().unwrap().is_none());
+    }
+}
