@@ -340,8 +340,9 @@ fn old_bytes_left_at_rollover_in_a_recycled_segment_are_not_damage() {
             written.push(wal.append(2, big.clone()).unwrap());
         }
         drop(wal);
-        let wal = Wal::open(dir.path(), config)
-            .unwrap_or_else(|e| panic!("{backend:?}: reopen after rollover into recycled segments: {e}"));
+        let wal = Wal::open(dir.path(), config).unwrap_or_else(|e| {
+            panic!("{backend:?}: reopen after rollover into recycled segments: {e}")
+        });
         let mut reader = wal.reader(written[0]).unwrap();
         for lsn in &written {
             let record = reader.try_next().unwrap().expect("record");
