@@ -21,7 +21,7 @@ use indexmap::IndexMap;
 use crate::datafile::DataFiles;
 use crate::dna::{Dna, Transaction};
 use crate::error::{Result, StoreError};
-use crate::model::{ClassDef, ClassId, ClassKind, LogicalOp, Lsn, Object, ObjectId};
+use crate::model::{ClassDef, ClassId, Lsn, Object, ObjectId};
 use crate::records::StoreRecord;
 use crate::table::{ObjectTable, TableEntry};
 
@@ -387,7 +387,9 @@ impl Heap {
             object.set_field(*slot, value.clone());
         }
         for op in &dna.ops {
-            check_op(object, op).map_err(|why| mismatch(format!("{id}: {why}")))?;
+            object
+                .check_op(op)
+                .map_err(|why| mismatch(format!("{id}: {why}")))?;
             object.apply(op);
         }
         cached.version = lsn;
@@ -496,28 +498,4 @@ pub(crate) enum ApplyError {
 
 fn mismatch(why: String) -> ApplyError {
     ApplyError::Mismatch(why)
-}
-
-/// Why a logical operation cannot apply to `object`, if it cannot.
-fn check_op(object: &Object, op: &LogicalOp) -> Result<(), String> {
-    use crate::model::Body;
-    let applies = match op.target() {
-        None => object.kind() != ClassKind::Plain,
-        Some(kind) => kind == object.kind(),
-    };
-    if !applies {
-        return Err(format!("{} on a {}", op.name(), object.kind().name()));
-    }
-    if let Body::List(list) = &object.body {
-        let len = list.len();
-        let bad = match op {
-            LogicalOp::ListInsert(i, _) => *i as usize > len,
-            LogicalOp::ListSet(i, _) | LogicalOp::ListRemoveAt(i) => *i as usize >= len,
-            _ => false,
-        };
-        if bad {
-            return Err(format!("{} out of bounds for length {len}", op.name()));
-        }
-    }
-    Ok(())
 }

@@ -843,8 +843,33 @@ impl Object {
         }
     }
 
+    /// Why `op` cannot apply to this object, if it cannot: it must target
+    /// the object's kind (`clear` any collection) and list indexes must be
+    /// in bounds. `apply` requires this to hold.
+    pub fn check_op(&self, op: &LogicalOp) -> Result<(), String> {
+        let applies = match op.target() {
+            None => self.kind() != ClassKind::Plain,
+            Some(kind) => kind == self.kind(),
+        };
+        if !applies {
+            return Err(format!("{} on a {}", op.name(), self.kind().name()));
+        }
+        if let Body::List(list) = &self.body {
+            let len = list.len();
+            let bad = match op {
+                LogicalOp::ListInsert(i, _) => *i as usize > len,
+                LogicalOp::ListSet(i, _) | LogicalOp::ListRemoveAt(i) => *i as usize >= len,
+                _ => false,
+            };
+            if bad {
+                return Err(format!("{} out of bounds for length {len}", op.name()));
+            }
+        }
+        Ok(())
+    }
+
     /// Applies a logical operation. The caller checked that it targets this
-    /// kind and that indexes are in bounds (validation).
+    /// kind and that indexes are in bounds (`check_op`).
     pub fn apply(&mut self, op: &LogicalOp) {
         match (&mut self.body, op) {
             (Body::Map(m), LogicalOp::MapPut(k, v)) => {

@@ -34,13 +34,13 @@ use std::path::{Path, PathBuf};
 use tc_heap_store::checkpoint::{CHECKPOINT_FILE, Checkpoint};
 use tc_heap_store::datafile::DataFiles;
 use tc_heap_store::dna::Dna;
-use tc_heap_store::model::{Body, LogicalOp, Object};
+use tc_heap_store::model::{Body, Object};
 use tc_heap_store::records::StoreRecord;
 use tc_heap_store::table::{
     ObjectTable, TABLE_ENTRY_BYTES, TABLE_FILE_NAME, TABLE_HEADER_BYTES, TableEntry,
 };
 use tc_heap_store::{
-    ClassDef, ClassId, ClassKind, ENTRY_DELETED, Lsn, ObjectId, SEGMENTS_DIR, StoreError, WAL_DIR,
+    ClassDef, ClassId, ENTRY_DELETED, Lsn, ObjectId, SEGMENTS_DIR, StoreError, WAL_DIR,
 };
 
 use crate::error::ToolError;
@@ -575,7 +575,7 @@ impl HeapView {
             next.set_field(*slot, value.clone());
         }
         for op in &dna.ops {
-            check_op(&next, op)?;
+            next.check_op(op)?;
             next.apply(op);
         }
         Ok(next)
@@ -965,29 +965,4 @@ fn report_segment_damage(
         }
         _ => report.problem(finding),
     }
-}
-
-/// Why a logical operation cannot apply to `object` (the store's rule:
-/// the operation targets the object's kind, `clear` any collection, and
-/// list indexes are in bounds).
-fn check_op(object: &Object, op: &LogicalOp) -> Result<(), String> {
-    let applies = match op.target() {
-        None => object.kind() != ClassKind::Plain,
-        Some(kind) => kind == object.kind(),
-    };
-    if !applies {
-        return Err(format!("{} on a {}", op.name(), object.kind().name()));
-    }
-    if let Body::List(list) = &object.body {
-        let len = list.len();
-        let bad = match op {
-            LogicalOp::ListInsert(i, _) => *i as usize > len,
-            LogicalOp::ListSet(i, _) | LogicalOp::ListRemoveAt(i) => *i as usize >= len,
-            _ => false,
-        };
-        if bad {
-            return Err(format!("{} out of bounds for length {len}", op.name()));
-        }
-    }
-    Ok(())
 }
