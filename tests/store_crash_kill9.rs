@@ -161,8 +161,10 @@ fn run_child(dir: &Path, delay: Duration, acked: &mut [u64]) -> u64 {
             }
         }
     });
-    // Start the clock once the child says it is committing.
+    // Start the clock once the child says it is committing. Committers may
+    // acknowledge before "ready": keep those lines.
     let ready_by = Instant::now() + Duration::from_secs(60);
+    let mut early = Vec::new();
     loop {
         let line = lines_rx
             .recv_timeout(ready_by.saturating_duration_since(Instant::now()))
@@ -170,13 +172,14 @@ fn run_child(dir: &Path, delay: Duration, acked: &mut [u64]) -> u64 {
         if line == "ready" {
             break;
         }
+        early.push(line);
     }
     std::thread::sleep(delay);
     child.kill().expect("kill -9 the child");
     child.wait().expect("reap the child");
     reader.join().expect("reader thread");
     let mut count = 0;
-    for line in lines_rx.try_iter() {
+    for line in early.into_iter().chain(lines_rx.try_iter()) {
         let mut parts = line.split_whitespace();
         let (Some(t), Some(seq)) = (parts.next(), parts.next()) else {
             continue;
