@@ -572,7 +572,7 @@ impl Inner {
             };
             match next {
                 Some(p) => match heap.apply(p.lsn, p.end, &p.record) {
-                    Ok(()) => {}
+                    Ok(()) => self.applied_end.store(p.end.0, Ordering::Release),
                     Err(ApplyError::Damaged(cause)) => return Err(self.poison(cause)),
                     Err(ApplyError::Mismatch(why)) => {
                         panic!("the checked record at lsn {} does not apply: {why}", p.lsn)
@@ -588,18 +588,15 @@ impl Inner {
 
     /// Waits until everything submitted before `end` is applied.
     fn wait_applied(&self, end: Lsn) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            self.apply_durable(None)?;
-            if lock(&self.heap).applied_end >= end {
-                return Ok(());
-            }
+        // Every record below `end` was submitted, so once the WAL says they
+        // are durable, applying what is durable applies them all.
+        let durable = self.wal.wait_durable(end, Duration::from_secs(60));
+        self.apply_durable(None)?;
+        if durable < end || self.applied_end.load(Ordering::Acquire) < end.0 {
             self.check_not_poisoned()?;
-            if Instant::now() > deadline {
-                return Err(StoreError::Closed);
-            }
-            std::thread::sleep(Duration::from_micros(100));
+            return Err(StoreError::Closed);
         }
+        Ok(())
     }
 
     fn list_len_from_heap(&self, id: ObjectId) -> u32 {
@@ -816,12 +813,7 @@ impl Inner {
         let mut seq = lock(&self.sequencer);
         self.check_not_poisoned()?;
         // Everything submitted must be applied before marking.
-        let end = seq.next_lsn;
-        while lock(&self.heap).applied_end < end {
-            self.check_not_poisoned()?;
-            std::thread::sleep(Duration::from_micros(100));
-            self.apply_durable(None)?;
-        }
+        self.wait_applied(seq.next_lsn)?;
         let mut marked = vec![false; seq.class_of.len()];
         let mut stack: Vec<ObjectId> = Vec::new();
         let mut heap = lock(&self.heap);

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::{Mmap, MmapMut};
 
+use crate::codec::{is_zero, put, read_u16, read_u32, read_u64};
 use crate::error::{Result, StoreError};
 use crate::model::{ClassId, Lsn, ObjectId};
 
@@ -663,35 +664,6 @@ fn write_zeroes(file: &File, from: u64, to: u64) -> io::Result<()> {
         at += n as u64;
     }
     Ok(())
-}
-
-fn is_zero(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&b| b == 0)
-}
-
-fn put(out: &mut [u8], offset: usize, bytes: &[u8]) {
-    out[offset..offset + bytes.len()].copy_from_slice(bytes);
-}
-
-fn read_u16(bytes: &[u8], offset: usize) -> u16 {
-    u16::from_le_bytes(read_array(bytes, offset))
-}
-
-fn read_u32(bytes: &[u8], offset: usize) -> u32 {
-    u32::from_le_bytes(read_array(bytes, offset))
-}
-
-fn read_u64(bytes: &[u8], offset: usize) -> u64 {
-    u64::from_le_bytes(read_array(bytes, offset))
-}
-
-/// `N` bytes at `offset`, or zeroes if they are not all there.
-fn read_array<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
-    bytes
-        .get(offset..)
-        .and_then(|rest| rest.first_chunk::<N>())
-        .copied()
-        .unwrap_or([0u8; N])
 }
 
 #[cfg(test)]

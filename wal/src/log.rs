@@ -436,6 +436,15 @@ impl Wal {
         self.inner.shared.durable_end()
     }
 
+    /// Blocks until every record below `end` is durable, the WAL closes or
+    /// `timeout` runs out; returns the durable end.
+    pub fn wait_durable(&self, end: Lsn, timeout: Duration) -> Lsn {
+        match end.0.checked_sub(1) {
+            Some(before) => self.inner.shared.wait_durable_past(Lsn(before), timeout),
+            None => self.durable_lsn(),
+        }
+    }
+
     /// LSN of the oldest record still in the log (after truncation).
     pub fn first_lsn(&self) -> Lsn {
         self.inner.shared.first_lsn()
