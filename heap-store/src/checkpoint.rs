@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::{Result, StoreError};
-use crate::model::{ClassDef, Lsn, ObjectId};
+use crate::model::{ClassDef, ObjectId};
+use tc_wal::Lsn;
 
 pub const CHECKPOINT_FILE: &str = "CHECKPOINT";
 const MAGIC: u32 = u32::from_le_bytes(*b"TCCP");

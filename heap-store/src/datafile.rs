@@ -32,7 +32,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::codec::{is_zero, put, read_u16, read_u32, read_u64};
 use crate::error::{Result, StoreError};
-use crate::model::{Lsn, ObjectId};
+use crate::model::ObjectId;
+use tc_wal::Lsn;
 
 /// Segment header v1, little-endian, 32 bytes:
 /// `|0 magic u32 = "TCDS"|4 version u16 = 1|6 flags u16 = 0|`

@@ -21,9 +21,10 @@ use indexmap::IndexMap;
 use crate::datafile::DataFiles;
 use crate::dna::{Dna, Transaction};
 use crate::error::{Result, StoreError};
-use crate::model::{ClassDef, ClassId, Lsn, Object, ObjectId};
+use crate::model::{ClassDef, ClassId, Object, ObjectId};
 use crate::records::StoreRecord;
 use crate::table::{ObjectTable, TableEntry};
+use tc_wal::Lsn;
 
 /// Cache entries one eviction pass looks at, plus two per object that
 /// entered the cache since the last pass.

@@ -2,23 +2,21 @@
 //! segments located through a memory-mapped object table; every change is
 //! first a transaction (DNA) in the write-ahead log (tc-wal).
 //!
-//! Layout: `codec` (varints, strings), `model` (ids, classes, values,
-//! objects), `dna` (the transaction encoding), `error`.
-//! Formats: `docs/formats/dna.md`.
+//! The object model and the DNA encoding live in tc-model and are
+//! re-exported here (`codec`, `model`, `dna`). Formats: `docs/formats/`.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
-pub mod codec;
+pub use tc_model::{codec, dna, model};
 mod error;
-pub mod model;
 
 pub use error::{Rejection, Result, StoreError};
-pub use model::{
-    Array, ClassDef, ClassId, ClassKind, FieldDef, FieldKind, Lsn, ObjectId, ScalarKind, Value,
+pub use tc_model::{
+    Array, ClassDef, ClassId, ClassKind, FieldDef, FieldKind, ObjectId, ScalarKind, Value,
 };
+pub use tc_wal::Lsn;
 pub mod checkpoint;
 pub mod datafile;
-pub mod dna;
 mod heap;
 pub mod records;
 mod sequencer;

@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use crate::dna::Transaction;
 use crate::error::Rejection;
-use crate::model::{ClassDef, ClassId, ClassKind, LogicalOp, Lsn, ObjectId, Value};
+use crate::model::{ClassDef, ClassId, ClassKind, LogicalOp, ObjectId, Value};
+use tc_wal::Lsn;
 
 /// `class_of` marker for an id whose object was deleted (ids are never reused).
 pub(crate) const DELETED: u32 = u32::MAX;

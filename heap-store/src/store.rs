@@ -30,10 +30,11 @@ use crate::datafile::{DataFiles, SegmentWriter, image_record_bytes};
 use crate::dna::Transaction;
 use crate::error::{Rejection, Result, StoreError};
 use crate::heap::{ApplyError, CacheStats, ENTRY_DELETED, Heap, Snapshot};
-use crate::model::{ClassDef, ClassId, Lsn, ObjectId};
+use crate::model::{ClassDef, ClassId, ObjectId};
 use crate::records::StoreRecord;
 use crate::sequencer::{DELETED, Sequencer};
 use crate::table::{ObjectTable, TABLE_FILE_NAME, TableEntry};
+use tc_wal::Lsn;
 
 pub const WAL_DIR: &str = "wal";
 pub const SEGMENTS_DIR: &str = "segments";

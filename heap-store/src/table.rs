@@ -36,7 +36,8 @@ use memmap2::{Mmap, MmapMut};
 
 use crate::codec::{is_zero, put, read_u16, read_u32, read_u64};
 use crate::error::{Result, StoreError};
-use crate::model::{ClassId, Lsn, ObjectId};
+use crate::model::{ClassId, ObjectId};
+use tc_wal::Lsn;
 
 /// The table's file name inside the data directory.
 pub const TABLE_FILE_NAME: &str = "objects.tbl";

@@ -219,28 +219,28 @@ impl<'a> Reader<'a> {
 // Fixed-layout headers (object table, data segments): fields at known
 // offsets, little-endian.
 
-pub(crate) fn is_zero(bytes: &[u8]) -> bool {
+pub fn is_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
 
-pub(crate) fn put(out: &mut [u8], offset: usize, bytes: &[u8]) {
+pub fn put(out: &mut [u8], offset: usize, bytes: &[u8]) {
     out[offset..offset + bytes.len()].copy_from_slice(bytes);
 }
 
-pub(crate) fn read_u16(bytes: &[u8], offset: usize) -> u16 {
+pub fn read_u16(bytes: &[u8], offset: usize) -> u16 {
     u16::from_le_bytes(read_array(bytes, offset))
 }
 
-pub(crate) fn read_u32(bytes: &[u8], offset: usize) -> u32 {
+pub fn read_u32(bytes: &[u8], offset: usize) -> u32 {
     u32::from_le_bytes(read_array(bytes, offset))
 }
 
-pub(crate) fn read_u64(bytes: &[u8], offset: usize) -> u64 {
+pub fn read_u64(bytes: &[u8], offset: usize) -> u64 {
     u64::from_le_bytes(read_array(bytes, offset))
 }
 
 /// `N` bytes at `offset`, or zeroes if they are not all there.
-pub(crate) fn read_array<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
+pub fn read_array<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
     bytes
         .get(offset..)
         .and_then(|rest| rest.first_chunk::<N>())

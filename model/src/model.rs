@@ -18,8 +18,6 @@ use indexmap::{IndexMap, IndexSet};
 
 use crate::codec::{DecodeError, Reader, Writer};
 
-pub use tc_wal::Lsn;
-
 /// An object's identity, the same in every JVM. Dense; 0 is null.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectId(pub u64);
@@ -825,6 +823,15 @@ impl Object {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A plain object's field at `slot`; `None` for a collection or a slot
+    /// past the end.
+    pub fn field(&self, slot: u32) -> Option<&Value> {
+        match &self.body {
+            Body::Fields(fields) => fields.get(slot as usize),
+            _ => None,
+        }
     }
 
     /// Sets a field. The caller checked slot and kind (validation).

@@ -1,0 +1,740 @@
+//! One client session: the handshake, then every request on its stream.
+//!
+//! Owns: validating each message before it touches the store or the locks,
+//! the per-session bound on requests in flight, the commit pipeline
+//! (commit → push to the other holders → ack → only then free the lock),
+//! the heartbeat timeout, the session's set of held objects.
+//! Not: lock rules (`locks.rs`), shared state (`server.rs`).
+//! Invariants: every request with a reply gets exactly one reply (its
+//! answer or an `Error`) while the session lives; a lock released with a
+//! transaction is free only after that transaction is durable, applied and
+//! pushed; messages to the client go through one bounded queue, and a
+//! client that lets it fill is disconnected rather than buffered without
+//! bound.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tc_heap_store::{ClassDef, ObjectId, Rejection, StoreError, codec::Reader, codec::Writer};
+use tc_model::Transaction;
+use tc_protocol::client_message::Body as In;
+use tc_protocol::server_message::Body as Out;
+use tc_protocol::{
+    ClassData, ClassRegistered, ClientMessage, Committed, ErrorCode, Granted, IdBlock, Limits,
+    MAX_CLASS_DEFINITION_BYTES, MAX_CLIENT_NAME_BYTES, MAX_DROP_IDS, MAX_FETCH_IDS, MAX_NAME_BYTES,
+    Notified, ObjectData, Objects, PROTOCOL_VERSION, Push, Recall, Released, Root, ServerMessage,
+    WaitDone, Welcome, lock_key,
+};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tonic::{Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::locks::{Effect, LockError, LockKey, LockMode, RequestId, SessionId, WaitOutcome};
+use crate::server::Shared;
+
+type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
+
+/// A refused request: the code and message sent back to the client.
+struct Refusal(ErrorCode, String);
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal(code, message.into())
+    }
+}
+
+impl From<LockError> for Refusal {
+    fn from(err: LockError) -> Refusal {
+        let code = match err {
+            LockError::NotHeld { .. } => ErrorCode::NotHeld,
+            LockError::UpgradeNotSupported { .. } => ErrorCode::UpgradeNotSupported,
+            LockError::AlreadyRequested { .. } => ErrorCode::Duplicate,
+            LockError::TooManyRequests { .. } => ErrorCode::TooManyRequests,
+        };
+        Refusal(code, err.to_string())
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(err: StoreError) -> Refusal {
+        let code = match &err {
+            StoreError::Rejected(Rejection::TooLarge { .. }) => ErrorCode::TooLarge,
+            StoreError::Rejected(Rejection::Malformed(_)) => ErrorCode::Malformed,
+            StoreError::Rejected(Rejection::UnknownClass(_)) => ErrorCode::UnknownClass,
+            StoreError::Rejected(Rejection::UnknownObject(_)) => ErrorCode::UnknownObject,
+            StoreError::Rejected(_) => ErrorCode::Rejected,
+            _ => ErrorCode::Unavailable,
+        };
+        Refusal(code, err.to_string())
+    }
+}
+
+/// What the server keeps about a live session.
+pub struct SessionHandle {
+    pub id: SessionId,
+    pub client_id: u64,
+    outbound: Outbound,
+    closed: AtomicBool,
+    close_signal: Notify,
+    /// Objects this session holds (pushed changes go to it).
+    held: Mutex<HashSet<ObjectId>>,
+    /// LSN of the transaction committed with each pending wait.
+    wait_lsns: Mutex<std::collections::HashMap<RequestId, u64>>,
+}
+
+impl SessionHandle {
+    /// Queues a message for the client; a client whose queue is full is
+    /// too slow to keep and is disconnected.
+    pub fn send(&self, message: ServerMessage) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(err) = self.outbound.try_send(Ok(message)) {
+            if let mpsc::error::TrySendError::Full(_) = err {
+                warn!(
+                    session = self.id,
+                    "client does not read its messages; disconnecting it"
+                );
+            }
+            self.close();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.close_signal.notify_one();
+    }
+
+    fn reply(&self, request: u64, body: Out) {
+        self.send(ServerMessage::new(request, body));
+    }
+
+    fn refuse(&self, request: u64, refusal: Refusal) {
+        debug!(session = self.id, request, code = ?refusal.0, message = %refusal.1, "request refused");
+        self.send(ServerMessage::error(request, refusal.0, refusal.1, false));
+    }
+
+    /// Sends what a lock change means for this session.
+    pub fn deliver(&self, effect: Effect) {
+        match effect {
+            Effect::Granted {
+                thread,
+                lock,
+                mode,
+                greedy,
+                request,
+                ..
+            } => self.reply(
+                request,
+                Out::Granted(Granted {
+                    lock: Some(wire_key(&lock)),
+                    thread,
+                    mode: wire_mode(mode) as i32,
+                    greedy,
+                }),
+            ),
+            Effect::Recall { lock, .. } => self.reply(
+                0,
+                Out::Recall(Recall {
+                    lock: Some(wire_key(&lock)),
+                }),
+            ),
+            Effect::WaitDone {
+                request, outcome, ..
+            } => {
+                let lsn = self
+                    .wait_lsns
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&request)
+                    .unwrap_or(0);
+                self.reply(
+                    request,
+                    Out::WaitDone(WaitDone {
+                        notified: outcome == WaitOutcome::Notified,
+                        lsn,
+                    }),
+                )
+            }
+        }
+    }
+
+    fn hold(&self, shared: &Shared, id: ObjectId) {
+        if shared.holders.add(id, self.id) {
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id);
+        }
+    }
+
+    fn drop_held(&self, shared: &Shared, id: ObjectId) {
+        if self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+        {
+            shared.holders.remove(id, self.id);
+        }
+    }
+
+    pub fn take_held(&self) -> Vec<ObjectId> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect()
+    }
+}
+
+fn wire_key(key: &LockKey) -> tc_protocol::LockKey {
+    match key {
+        LockKey::Object(id) => tc_protocol::LockKey::object(*id),
+        LockKey::Named(name) => tc_protocol::LockKey::named(name.clone()),
+    }
+}
+
+fn wire_mode(mode: LockMode) -> tc_protocol::LockMode {
+    match mode {
+        LockMode::Read => tc_protocol::LockMode::Read,
+        LockMode::Write => tc_protocol::LockMode::Write,
+    }
+}
+
+fn lock_key(key: Option<tc_protocol::LockKey>) -> Result<LockKey, Refusal> {
+    match key.and_then(|k| k.key) {
+        Some(lock_key::Key::Object(0)) => Err(Refusal::new(
+            ErrorCode::Malformed,
+            "lock on object 0 (null)",
+        )),
+        Some(lock_key::Key::Object(id)) => Ok(LockKey::Object(id)),
+        Some(lock_key::Key::Name(name)) if name.len() > MAX_NAME_BYTES => Err(Refusal::new(
+            ErrorCode::TooLarge,
+            format!("lock name of {} B exceeds {MAX_NAME_BYTES} B", name.len()),
+        )),
+        Some(lock_key::Key::Name(name)) => Ok(LockKey::Named(name)),
+        None => Err(Refusal::new(
+            ErrorCode::Malformed,
+            "lock request without a lock key",
+        )),
+    }
+}
+
+fn lock_mode(mode: i32) -> Result<LockMode, Refusal> {
+    match tc_protocol::LockMode::try_from(mode) {
+        Ok(tc_protocol::LockMode::Read) => Ok(LockMode::Read),
+        Ok(tc_protocol::LockMode::Write) => Ok(LockMode::Write),
+        _ => Err(Refusal::new(
+            ErrorCode::Malformed,
+            format!("lock mode {mode} is not READ or WRITE"),
+        )),
+    }
+}
+
+/// Runs one session to its end, then frees what it held.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut inbound: Streaming<ClientMessage>,
+    outbound: Outbound,
+    peer: Option<SocketAddr>,
+) {
+    let _running = RunningSession::enter(&shared);
+    let Some(handle) = handshake(&shared, &mut inbound, &outbound, peer).await else {
+        return;
+    };
+    let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight as usize));
+    let mut stopping = shared.stopping();
+    let timeout = shared.config.session_timeout();
+    let end = loop {
+        let message = tokio::select! {
+            message = tokio::time::timeout(timeout, inbound.message()) => message,
+            () = handle.close_signal.notified() => break "closed by the server",
+            _ = stopping.wait_for(|stop| *stop) => break "server stopping",
+        };
+        match message {
+            Err(_) => {
+                handle.send(ServerMessage::error(
+                    0,
+                    ErrorCode::Malformed,
+                    format!(
+                        "no message for {} ms (heartbeats stopped)",
+                        timeout.as_millis()
+                    ),
+                    true,
+                ));
+                break "heartbeat timeout";
+            }
+            Ok(Ok(Some(message))) => handle_message(&shared, &handle, &in_flight, message),
+            Ok(Ok(None)) => break "client closed the stream",
+            Ok(Err(status)) => {
+                handle.send(ServerMessage::error(
+                    0,
+                    ErrorCode::Malformed,
+                    status.message(),
+                    true,
+                ));
+                break "bad stream";
+            }
+        }
+        if handle.closed.load(Ordering::Acquire) {
+            break "closed by the server";
+        }
+    };
+    info!(
+        session = handle.id,
+        client = handle.client_id,
+        reason = end,
+        "session ending"
+    );
+    // Requests already accepted finish (their commits are acknowledged).
+    let _all = in_flight
+        .acquire_many(shared.config.max_in_flight)
+        .await
+        .expect("the semaphore is never closed");
+    if end == "server stopping" {
+        handle.send(ServerMessage::error(
+            0,
+            ErrorCode::Unavailable,
+            "server stopping",
+            true,
+        ));
+    }
+    shared.unregister(&handle);
+}
+
+/// Counts running session tasks so a stop can wait for them.
+struct RunningSession(Arc<Shared>);
+
+impl RunningSession {
+    fn enter(shared: &Arc<Shared>) -> RunningSession {
+        shared.running_sessions.fetch_add(1, Ordering::AcqRel);
+        RunningSession(shared.clone())
+    }
+}
+
+impl Drop for RunningSession {
+    fn drop(&mut self) {
+        if self.0.running_sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.sessions_ended.notify_waiters();
+        }
+    }
+}
+
+/// Waits (up to `limit`) until no session task runs.
+pub async fn wait_all_ended(shared: &Shared, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let ended = shared.sessions_ended.notified();
+        if shared.running_sessions.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, ended).await.is_err() {
+            warn!("sessions still running after {} s", limit.as_secs());
+            return;
+        }
+    }
+}
+
+async fn handshake(
+    shared: &Arc<Shared>,
+    inbound: &mut Streaming<ClientMessage>,
+    outbound: &Outbound,
+    peer: Option<SocketAddr>,
+) -> Option<Arc<SessionHandle>> {
+    let refuse = |code, message: String| {
+        warn!(?peer, %message, "handshake refused");
+        let _ = outbound.try_send(Ok(ServerMessage::error(0, code, message, true)));
+        None
+    };
+    let first = tokio::time::timeout(shared.config.session_timeout(), inbound.message()).await;
+    let (request, hello) = match first {
+        Ok(Ok(Some(ClientMessage {
+            request,
+            body: Some(In::Hello(hello)),
+        }))) => (request, hello),
+        Ok(Ok(Some(_))) => {
+            return refuse(
+                ErrorCode::Malformed,
+                "the first message must be Hello".into(),
+            );
+        }
+        Ok(Ok(None)) => return None,
+        Ok(Err(status)) => return refuse(ErrorCode::Malformed, status.message().to_string()),
+        Err(_) => {
+            return refuse(
+                ErrorCode::Malformed,
+                "no Hello within the session timeout".into(),
+            );
+        }
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return refuse(
+            ErrorCode::VersionMismatch,
+            format!(
+                "client speaks protocol version {}, this server speaks {PROTOCOL_VERSION}",
+                hello.protocol_version
+            ),
+        );
+    }
+    if hello.client_name.len() > MAX_CLIENT_NAME_BYTES {
+        return refuse(
+            ErrorCode::TooLarge,
+            format!("client name exceeds {MAX_CLIENT_NAME_BYTES} B"),
+        );
+    }
+    let handle = shared.register(|id| SessionHandle {
+        id,
+        client_id: hello.client_id,
+        outbound: outbound.clone(),
+        closed: AtomicBool::new(false),
+        close_signal: Notify::new(),
+        held: Mutex::default(),
+        wait_lsns: Mutex::default(),
+    });
+    info!(session = handle.id, client = hello.client_id, name = %hello.client_name, ?peer, "session started");
+    let config = &shared.config;
+    handle.reply(
+        request,
+        Out::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            session: handle.id,
+            epoch: shared.epoch,
+            limits: Some(Limits {
+                max_message_bytes: config.max_message_bytes,
+                max_transaction_bytes: config.max_transaction_bytes,
+                max_in_flight: config.max_in_flight,
+                max_fetch_ids: MAX_FETCH_IDS as u32,
+                heartbeat_interval_ms: config.heartbeat_interval_ms,
+                session_timeout_ms: config.session_timeout_ms,
+            }),
+        }),
+    );
+    Some(handle)
+}
+
+/// Answers what can be answered at once; spawns what waits on the disk,
+/// holding one of the session's in-flight permits.
+fn handle_message(
+    shared: &Arc<Shared>,
+    handle: &Arc<SessionHandle>,
+    in_flight: &Arc<Semaphore>,
+    message: ClientMessage,
+) {
+    let request = message.request;
+    let Some(body) = message.body else {
+        return handle.refuse(
+            request,
+            Refusal::new(ErrorCode::Malformed, "message without a body"),
+        );
+    };
+    let spawn = |task: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<Out>, Refusal>> + Send>,
+    >| {
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            return handle.refuse(
+                request,
+                Refusal::new(
+                    ErrorCode::TooManyRequests,
+                    format!(
+                        "more than {} requests in flight",
+                        shared.config.max_in_flight
+                    ),
+                ),
+            );
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let _permit: OwnedSemaphorePermit = permit;
+            match task.await {
+                Ok(Some(body)) => handle.reply(request, body),
+                Ok(None) => {}
+                Err(refusal) => handle.refuse(request, refusal),
+            }
+        });
+    };
+    let (shared, session) = (shared.clone(), handle.clone());
+    match body {
+        In::Hello(_) => handle.refuse(
+            request,
+            Refusal::new(ErrorCode::Malformed, "Hello sent twice"),
+        ),
+        In::Heartbeat(beat) => handle.reply(0, Out::Heartbeat(beat)),
+        In::Commit(commit) => spawn(Box::pin(async move {
+            let lsn = commit_and_push(&shared, &session, commit.transaction).await?;
+            Ok(Some(Out::Committed(Committed { lsn })))
+        })),
+        In::Lock(lock) => {
+            let outcome = (|| {
+                let key = lock_key(lock.lock)?;
+                let mode = lock_mode(lock.mode)?;
+                shared.with_locks(|locks, effects| {
+                    locks.request(
+                        handle.id,
+                        lock.thread,
+                        key,
+                        mode,
+                        lock.greedy,
+                        request,
+                        effects,
+                    )
+                })?;
+                Ok::<(), Refusal>(())
+            })();
+            if let Err(refusal) = outcome {
+                handle.refuse(request, refusal);
+            }
+        }
+        In::Release(release) => spawn(Box::pin(async move {
+            let key = lock_key(release.lock)?;
+            if session_holds(&shared, &session, &key).is_none() {
+                return Err(LockError::NotHeld {
+                    lock: key,
+                    session: session.id,
+                    thread: release.thread,
+                }
+                .into());
+            }
+            // The lock is released even if its transaction is refused: the
+            // monitor is exited either way; the client gets the refusal.
+            let committed = if release.transaction.is_empty() {
+                Ok(0)
+            } else {
+                commit_and_push(&shared, &session, release.transaction).await
+            };
+            shared.with_locks(|locks, effects| {
+                locks.release(session.id, release.thread, key, effects)
+            })?;
+            let lsn = committed?;
+            Ok(Some(Out::Released(Released { lsn })))
+        })),
+        In::Wait(wait) => spawn(Box::pin(async move {
+            let key = lock_key(wait.lock)?;
+            if session_holds(&shared, &session, &key) != Some(LockMode::Write) {
+                return Err(LockError::NotHeld {
+                    lock: key,
+                    session: session.id,
+                    thread: wait.thread,
+                }
+                .into());
+            }
+            let lsn = if wait.transaction.is_empty() {
+                0
+            } else {
+                commit_and_push(&shared, &session, wait.transaction).await?
+            };
+            session
+                .wait_lsns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(request, lsn);
+            let token = shared
+                .with_locks(|locks, effects| {
+                    locks.wait(session.id, wait.thread, key, request, effects)
+                })
+                .inspect_err(|_| {
+                    session
+                        .wait_lsns
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&request);
+                })?;
+            if wait.timeout_ms > 0 {
+                let timer_shared = shared.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(wait.timeout_ms)).await;
+                    timer_shared.with_locks(|locks, effects| locks.wait_timed_out(token, effects));
+                });
+            }
+            // The reply (WaitDone) is a lock effect: sent once the lock is held again.
+            Ok(None)
+        })),
+        In::Notify(notify) => {
+            let outcome = (|| {
+                let key = lock_key(notify.lock)?;
+                let woken = shared.with_locks(|locks, effects| {
+                    locks.notify(handle.id, notify.thread, key, notify.all, effects)
+                })?;
+                Ok::<u32, Refusal>(woken as u32)
+            })();
+            match outcome {
+                Ok(woken) => handle.reply(request, Out::Notified(Notified { woken })),
+                Err(refusal) => handle.refuse(request, refusal),
+            }
+        }
+        In::FetchObjects(fetch) => {
+            if fetch.ids.len() > MAX_FETCH_IDS {
+                return handle.refuse(
+                    request,
+                    Refusal::new(
+                        ErrorCode::TooLarge,
+                        format!(
+                            "{} ids in one fetch; at most {MAX_FETCH_IDS}",
+                            fetch.ids.len()
+                        ),
+                    ),
+                );
+            }
+            spawn(Box::pin(async move {
+                let objects = tokio::task::spawn_blocking(move || {
+                    fetch_objects(&shared, &session, &fetch.ids)
+                })
+                .await
+                .map_err(|err| Refusal::new(ErrorCode::Unavailable, err.to_string()))??;
+                Ok(Some(Out::Objects(objects)))
+            }))
+        }
+        In::DropObjects(drop) => {
+            if drop.ids.len() > MAX_DROP_IDS {
+                return handle.refuse(
+                    request,
+                    Refusal::new(
+                        ErrorCode::TooLarge,
+                        format!("{} ids in one drop; at most {MAX_DROP_IDS}", drop.ids.len()),
+                    ),
+                );
+            }
+            for id in drop.ids {
+                handle.drop_held(&shared, ObjectId(id));
+            }
+        }
+        In::AllocateIds(allocate) => spawn(Box::pin(async move {
+            let store = shared.store.clone();
+            let ids = tokio::task::spawn_blocking(move || store.allocate_ids(allocate.count))
+                .await
+                .map_err(|err| Refusal::new(ErrorCode::Unavailable, err.to_string()))??;
+            Ok(Some(Out::IdBlock(IdBlock {
+                first: ids.start,
+                count: ids.end - ids.start,
+            })))
+        })),
+        In::LookupRoot(root) => {
+            if root.name.len() > MAX_NAME_BYTES {
+                return handle.refuse(
+                    request,
+                    Refusal::new(
+                        ErrorCode::TooLarge,
+                        format!("root name exceeds {MAX_NAME_BYTES} B"),
+                    ),
+                );
+            }
+            let object = shared.store.root(&root.name).map_or(0, |id| id.0);
+            handle.reply(request, Out::Root(Root { object }));
+        }
+        In::RegisterClass(register) => spawn(Box::pin(async move {
+            if register.definition.len() > MAX_CLASS_DEFINITION_BYTES {
+                return Err(Refusal::new(
+                    ErrorCode::TooLarge,
+                    format!("class definition exceeds {MAX_CLASS_DEFINITION_BYTES} B"),
+                ));
+            }
+            let def = decode_class(&register.definition)?;
+            let store = shared.store.clone();
+            let class = tokio::task::spawn_blocking(move || store.register_class(&def))
+                .await
+                .map_err(|err| Refusal::new(ErrorCode::Unavailable, err.to_string()))??;
+            Ok(Some(Out::ClassRegistered(ClassRegistered {
+                class_id: class.0,
+            })))
+        })),
+        In::FetchClass(fetch) => match shared.store.class(tc_heap_store::ClassId(fetch.class_id)) {
+            Some(def) => {
+                let mut w = Writer::new();
+                def.encode(&mut w);
+                handle.reply(
+                    request,
+                    Out::ClassData(ClassData {
+                        class_id: fetch.class_id,
+                        definition: w.into_bytes().into(),
+                    }),
+                );
+            }
+            None => handle.refuse(
+                request,
+                Refusal::new(
+                    ErrorCode::UnknownClass,
+                    format!("unknown class {}", fetch.class_id),
+                ),
+            ),
+        },
+    }
+}
+
+fn session_holds(shared: &Shared, session: &SessionHandle, key: &LockKey) -> Option<LockMode> {
+    shared.with_locks(|locks, _| locks.holds(session.id, key))
+}
+
+fn decode_class(bytes: &[u8]) -> Result<ClassDef, Refusal> {
+    let mut r = Reader::new(bytes);
+    let def = ClassDef::decode(&mut r)
+        .and_then(|def| r.finish("class definition").map(|()| def))
+        .map_err(|err| Refusal::new(ErrorCode::Malformed, format!("class definition: {err}")))?;
+    Ok(def)
+}
+
+/// Commits a transaction, then pushes it to every other session holding
+/// one of its objects; returns its LSN. The committing session holds every
+/// object it wrote from now on.
+async fn commit_and_push(
+    shared: &Shared,
+    session: &SessionHandle,
+    transaction: Bytes,
+) -> Result<u64, Refusal> {
+    let lsn = shared.store.commit_async(transaction.clone()).await?.0;
+    let tx = Transaction::decode(&transaction).expect("the store accepted these bytes");
+    let mut targets = Vec::new();
+    for dna in &tx.dnas {
+        session.hold(shared, dna.object);
+        shared
+            .holders
+            .holders_of(dna.object, session.id, &mut targets);
+    }
+    targets.sort_unstable();
+    targets.dedup();
+    for target in targets {
+        if let Some(other) = shared.session(target) {
+            other.send(ServerMessage::new(
+                0,
+                Out::Push(Push {
+                    lsn,
+                    transaction: transaction.clone(),
+                }),
+            ));
+        }
+    }
+    Ok(lsn)
+}
+
+/// Reads objects for a session, which holds them from before the read (so
+/// a change applied after it is pushed).
+fn fetch_objects(
+    shared: &Shared,
+    session: &SessionHandle,
+    ids: &[u64],
+) -> Result<Objects, Refusal> {
+    let mut objects = Objects::default();
+    for &id in ids {
+        let id = ObjectId(id);
+        if id.0 == 0 {
+            objects.missing.push(0);
+            continue;
+        }
+        session.hold(shared, id);
+        match shared.store.get(id)? {
+            Some(snapshot) => objects.objects.push(ObjectData {
+                id: id.0,
+                version: snapshot.version.0,
+                body: snapshot.object.to_bytes().into(),
+            }),
+            None => {
+                session.drop_held(shared, id);
+                objects.missing.push(id.0);
+            }
+        }
+    }
+    Ok(objects)
+}

@@ -1,0 +1,323 @@
+//! Sessions over real TCP against a `tc-server` child process: coherence
+//! and change push, wait/notify, read/write locks, reentrancy, fairness and
+//! greedy recall.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tc_client::{LockKey, LockMode};
+use tc_model::dna::LockRef;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_under_a_lock_is_pushed_to_holders_and_seen_after_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let a = server.client(1).await;
+    let b = server.client(2).await;
+    let (_, id) = create_counter(&a, "counter").await;
+    assert_eq!(b.root("counter").await.unwrap(), Some(id));
+    // B holds the object: A's change is pushed to it.
+    assert_eq!(value_of(&b, id).await, 0);
+    let key = LockKey::Object(id.0);
+    a.lock(&key, 1, LockMode::Write).await.unwrap();
+    let lsn = a
+        .unlock(&key, 1, set_value(&a, id, 42, LockRef::Object(id)))
+        .await
+        .unwrap();
+    assert!(lsn > 0);
+    eventually("the push to reach B", || b.pushes_applied() >= 1).await;
+    assert_eq!(value_of(&b, id).await, 42);
+    // A reads its own change (and from now on holds a copy).
+    assert_eq!(value_of(&a, id).await, 42);
+    // B takes the lock (A's greedy hold is recalled) and sees the value.
+    b.lock(&key, 7, LockMode::Write).await.unwrap();
+    assert_eq!(value_of(&b, id).await, 42);
+    b.unlock(&key, 7, set_value(&b, id, 43, LockRef::Object(id)))
+        .await
+        .unwrap();
+    // A still holds the object, so B's change reaches A.
+    eventually("the push to reach A", || a.pushes_applied() >= 1).await;
+    assert_eq!(value_of(&a, id).await, 43);
+    // A client that never held the object faults the latest version in.
+    let c = server.client(3).await;
+    assert_eq!(value_of(&c, id).await, 43);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_objects_are_no_longer_pushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let a = server.client(1).await;
+    let b = server.client(2).await;
+    let (_, id) = create_counter(&a, "counter").await;
+    assert_eq!(value_of(&b, id).await, 0);
+    b.drop_objects(&[id]).await.unwrap();
+    a.commit(set_value(&a, id, 5, LockRef::None)).await.unwrap();
+    // A later push to an object B holds proves the stream moved past it.
+    let (_, other) = create_counter(&a, "other").await;
+    assert_eq!(value_of(&b, other).await, 0);
+    a.commit(set_value(&a, other, 9, LockRef::None))
+        .await
+        .unwrap();
+    eventually("the push of the held object", || b.pushes_applied() >= 1).await;
+    assert_eq!(b.pushes_applied(), 1, "the dropped object was pushed too");
+    assert_eq!(value_of(&b, id).await, 5, "a re-fetch returns the latest");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_and_notify_work_across_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let a = server.client(1).await;
+    let b = server.client(2).await;
+    let c = server.client(3).await;
+    let key = LockKey::Named("queue".into());
+    // Two waiters in two sessions.
+    let mut waiters = Vec::new();
+    for (client, thread) in [(a.clone(), 1), (b.clone(), 2)] {
+        let key = key.clone();
+        client.lock(&key, thread, LockMode::Write).await.unwrap();
+        waiters.push(tokio::spawn(async move {
+            let notified = client.wait(&key, thread, None, Vec::new()).await.unwrap();
+            // The waiter holds the lock again when wait returns.
+            client.unlock(&key, thread, Vec::new()).await.unwrap();
+            notified
+        }));
+    }
+    // notify wakes one waiter, notifyAll the rest.
+    let mut woken = 0;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while woken == 0 {
+        assert!(std::time::Instant::now() < deadline, "no waiter registered");
+        c.lock(&key, 9, LockMode::Write).await.unwrap();
+        woken = c.notify(&key, 9, false).await.unwrap();
+        c.unlock(&key, 9, Vec::new()).await.unwrap();
+    }
+    assert_eq!(woken, 1);
+    let mut all = 0;
+    while all == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second waiter never registered"
+        );
+        c.lock(&key, 9, LockMode::Write).await.unwrap();
+        all = c.notify(&key, 9, true).await.unwrap();
+        c.unlock(&key, 9, Vec::new()).await.unwrap();
+    }
+    assert_eq!(all, 1);
+    for waiter in waiters {
+        assert!(
+            tokio::time::timeout(DEADLINE, waiter)
+                .await
+                .unwrap()
+                .unwrap()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_wait_expires_and_reacquires_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let a = server.client(1).await;
+    let b = server.plain_client(2).await;
+    let key = LockKey::Named("timed".into());
+    a.lock(&key, 1, LockMode::Write).await.unwrap();
+    let started = std::time::Instant::now();
+    let notified = a
+        .wait(&key, 1, Some(Duration::from_millis(200)), Vec::new())
+        .await
+        .unwrap();
+    assert!(!notified);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    // A holds the lock again: B must wait until A releases.
+    let blocked = b.lock(&key, 1, LockMode::Write);
+    tokio::pin!(blocked);
+    assert!(stays_pending(&mut blocked).await);
+    a.unlock(&key, 1, Vec::new()).await.unwrap();
+    tokio::time::timeout(DEADLINE, blocked)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_locks_are_shared_and_write_locks_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let a = server.plain_client(1).await;
+    let b = server.plain_client(2).await;
+    let c = server.plain_client(3).await;
+    let key = LockKey::Named("rw".into());
+    a.lock(&key, 1, LockMode::Read).await.unwrap();
+    tokio::time::timeout(DEADLINE, b.lock(&key, 1, LockMode::Read))
+        .await
+        .unwrap()
+        .unwrap();
+    let writer = c.lock(&key, 1, LockMode::Write);
+    tokio::pin!(writer);
+    assert!(stays_pending(&mut writer).await);
+    a.unlock(&key, 1, Vec::new()).await.unwrap();
+    assert!(
+        stays_pending(&mut writer).await,
+        "granted while B still reads"
+    );
+    b.unlock(&key, 1, Vec::new()).await.unwrap();
+    tokio::time::timeout(DEADLINE, &mut writer)
+        .await
+        .unwrap()
+        .unwrap();
+    // Now readers wait for the writer.
+    let reader = a.lock(&key, 1, LockMode::Read);
+    tokio::pin!(reader);
+    assert!(stays_pending(&mut reader).await);
+    c.unlock(&key, 1, Vec::new()).await.unwrap();
+    tokio::time::timeout(DEADLINE, reader)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_are_reentrant_per_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let a = server.plain_client(1).await;
+    let b = server.plain_client(2).await;
+    let key = LockKey::Object(77);
+    a.lock(&key, 1, LockMode::Write).await.unwrap();
+    a.lock(&key, 1, LockMode::Write).await.unwrap();
+    let other = b.lock(&key, 1, LockMode::Write);
+    tokio::pin!(other);
+    a.unlock(&key, 1, Vec::new()).await.unwrap();
+    assert!(
+        stays_pending(&mut other).await,
+        "granted after one of two unlocks"
+    );
+    a.unlock(&key, 1, Vec::new()).await.unwrap();
+    tokio::time::timeout(DEADLINE, other)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_sessions_get_the_lock_in_arrival_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let holder = server.plain_client(100).await;
+    let key = LockKey::Named("fifo".into());
+    holder.lock(&key, 1, LockMode::Write).await.unwrap();
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for n in 0..4u64 {
+        let client = server.plain_client(n + 1).await;
+        let (key, order) = (key.clone(), order.clone());
+        let task = tokio::spawn(async move {
+            client.lock(&key, 1, LockMode::Write).await.unwrap();
+            order.lock().unwrap().push(n);
+            client.unlock(&key, 1, Vec::new()).await.unwrap();
+        });
+        // Each request reaches the server's queue before the next is sent.
+        eventually_queued(&server, n + 1).await;
+        tasks.push(task);
+    }
+    holder.unlock(&key, 1, Vec::new()).await.unwrap();
+    for task in tasks {
+        tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3]);
+}
+
+/// Waits until the server reports `n` queued lock requests.
+async fn eventually_queued(server: &TestServer, n: u64) {
+    let mut health = tc_protocol::tc_client::TcClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let reply = health
+            .health(tc_protocol::HealthRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if reply.queued_lock_requests >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "request {n} never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_greedy_lock_stays_with_its_session_until_recalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let a = server.client(1).await;
+    let b = server.client(2).await;
+    let key = LockKey::Named("greedy".into());
+    for _ in 0..3 {
+        a.lock(&key, 1, LockMode::Write).await.unwrap();
+        a.unlock(&key, 1, Vec::new()).await.unwrap();
+    }
+    assert_eq!(a.holds_at_server(&key), Some((LockMode::Write, true)));
+    // While A's thread holds it, B's request recalls it; B gets it after A
+    // unlocks.
+    a.lock(&key, 1, LockMode::Write).await.unwrap();
+    let b_lock = b.lock(&key, 1, LockMode::Write);
+    tokio::pin!(b_lock);
+    assert!(stays_pending(&mut b_lock).await);
+    a.unlock(&key, 1, Vec::new()).await.unwrap();
+    tokio::time::timeout(DEADLINE, &mut b_lock)
+        .await
+        .unwrap()
+        .unwrap();
+    eventually("A to give the lock up", || {
+        a.holds_at_server(&key).is_none()
+    })
+    .await;
+    b.unlock(&key, 1, Vec::new()).await.unwrap();
+    // A asks again: B's greedy hold is recalled at once (no local holder).
+    tokio::time::timeout(DEADLINE, a.lock(&key, 1, LockMode::Write))
+        .await
+        .unwrap()
+        .unwrap();
+    a.unlock(&key, 1, Vec::new()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_of_one_client_take_turns_on_a_greedy_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let a = server.client(1).await;
+    let (_, id) = create_counter(&a, "counter").await;
+    let key = LockKey::Object(id.0);
+    let mut tasks = Vec::new();
+    for thread in 0..4u64 {
+        let a = a.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                a.lock(&key, thread, LockMode::Write).await.unwrap();
+                let value = value_of(&a, id).await;
+                a.unlock(
+                    &key,
+                    thread,
+                    set_value(&a, id, value + 1, LockRef::Object(id)),
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let b = server.client(2).await;
+    assert_eq!(value_of(&b, id).await, 100, "increments were lost");
+}
