@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tc_model::codec::{Reader, Writer};
 use tc_model::{ClassDef, ClassId, Object, ObjectId, Transaction};
 use tc_protocol::client_message::Body as In;
 use tc_protocol::server_message::Body as Out;
@@ -266,9 +265,7 @@ impl Client {
     }
 
     pub async fn register_class(&self, def: &ClassDef) -> Result<ClassId> {
-        let mut w = Writer::new();
-        def.encode(&mut w);
-        let definition = w.into_bytes().into();
+        let definition = def.to_bytes().into();
         match self
             .inner
             .request(In::RegisterClass(tc_protocol::RegisterClass { definition }))
@@ -285,11 +282,8 @@ impl Client {
             .request(In::FetchClass(tc_protocol::FetchClass { class_id: id.0 }))
             .await?
         {
-            Out::ClassData(data) => {
-                let mut r = Reader::new(&data.definition);
-                ClassDef::decode(&mut r)
-                    .map_err(|err| ClientError::Protocol(format!("class {}: {err}", id.0)))
-            }
+            Out::ClassData(data) => ClassDef::from_bytes(&data.definition)
+                .map_err(|err| ClientError::Protocol(format!("class {}: {err}", id.0))),
             other => Err(unexpected(other)),
         }
     }

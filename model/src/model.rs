@@ -282,6 +282,21 @@ impl ClassDef {
         }
         Ok(def)
     }
+
+    /// The definition alone, as sent over the network.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        self.encode(&mut w);
+        w.into_bytes()
+    }
+
+    /// Decodes a definition that must use every byte.
+    pub fn from_bytes(bytes: &[u8]) -> Result<ClassDef, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let def = ClassDef::decode(&mut r)?;
+        r.finish("class definition")?;
+        Ok(def)
+    }
 }
 
 /// An array value. String elements may be null; reference elements use

@@ -21,6 +21,18 @@
 //! A (session, thread) is looked up as its own thread hold first, then as
 //! its session's greedy hold.
 //!
+//! Wait and notify (Java's rule: a thread leaving `wait` competes for the
+//! monitor like any other): `wait` releases the caller's Write hold
+//! completely (the whole reentrancy count; under a greedy hold, the
+//! session's whole greedy hold) and puts it at the tail of the lock's wait
+//! set. `notify`/`notifyAll` take the first waiter (or all, in order) out of
+//! the wait set and answer each at once with `WaitDone { Notified }`; the
+//! timer's `wait_timed_out` answers a waiter still in the set with
+//! `WaitDone { TimedOut }`. Nothing is queued on a woken waiter's behalf:
+//! its client re-acquires the monitor with a new `request` (through its own
+//! local gate, so that it competes fairly with the client's other threads),
+//! which is queued, granted or makes a recall like any request.
+//!
 //! Greedy recall: a greedy holder that blocks the head of the queue gets
 //! one `Recall` per grant, also when the grant itself is made with requests
 //! left queued behind it, and also when the blocked head is a thread of the
@@ -42,6 +54,10 @@
 //!   or rejected with an error that changed nothing; it is never silently
 //!   dropped. Only `drop_session` removes queued requests and waiters, those
 //!   of the dead session;
+//! - an accepted wait is answered by exactly one `WaitDone`, emitted by the
+//!   `notify` or `wait_timed_out` call that takes it out of the wait set,
+//!   unless its session dies first. A waiter holds nothing and has nothing
+//!   queued, before and after its `WaitDone`;
 //! - a queue is non-empty only while its head is blocked by the holders
 //!   (whatever can be granted has been), and then every greedy holder has
 //!   been sent exactly one `Recall` for its grant;
@@ -87,7 +103,8 @@ pub enum LockMode {
     Write,
 }
 
-/// How a wait ended. Either way the waiter has the lock again.
+/// How a wait ended. Either way the waiter does not hold the lock: its
+/// client re-acquires it with a new request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitOutcome {
     Notified,
@@ -117,8 +134,9 @@ pub enum Effect {
     /// Release when its local holders are done). Sent at most once per
     /// greedy grant.
     Recall { session: SessionId, lock: LockKey },
-    /// A wait finished: the waiter has re-acquired the lock (in Write mode,
-    /// with its former reentrancy count and greedy flag).
+    /// A wait finished (notified or timed out): the waiter no longer waits
+    /// and does not hold the lock; its client re-acquires it with a new
+    /// request.
     WaitDone {
         session: SessionId,
         thread: ThreadId,
@@ -189,11 +207,10 @@ impl Default for LockManagerConfig {
 /// Counters of one lock while its entry lives, or cumulative totals.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LockCounters {
-    /// Every grant (`Granted`, reentrant ones included) and every
-    /// re-acquisition after a wait (`WaitDone`).
+    /// Every grant (`Granted`, reentrant ones included).
     pub acquisitions: u64,
-    /// Requests granted after queueing (waiters re-acquiring do not count:
-    /// queueing behind the notifier is what a wait is).
+    /// Requests granted after queueing (a woken waiter's new request counts
+    /// like any other).
     pub contended: u64,
     /// `Recall` effects emitted.
     pub recalls: u64,
@@ -252,36 +269,23 @@ struct Hold {
     recalled: bool,
 }
 
-#[derive(Debug)]
-enum QueuedKind {
-    /// A lock request.
-    Request { greedy: bool },
-    /// A waiter taken out of the wait set, re-acquiring in Write mode with
-    /// what it held before `wait`.
-    Wake {
-        outcome: WaitOutcome,
-        count: u64,
-        greedy: bool,
-    },
-}
-
+/// A lock request waiting in a queue.
 #[derive(Debug)]
 struct Queued {
     session: SessionId,
     thread: ThreadId,
     request: RequestId,
     mode: LockMode,
-    kind: QueuedKind,
+    greedy: bool,
 }
 
+/// A thread in a wait set. It holds nothing; its `WaitDone` carries
+/// `request`.
 #[derive(Debug)]
 struct Waiter {
     session: SessionId,
     thread: ThreadId,
     request: RequestId,
-    /// The reentrancy count and greedy flag to restore on re-acquisition.
-    count: u64,
-    greedy: bool,
 }
 
 #[derive(Debug, Default)]
@@ -486,29 +490,20 @@ fn settle(
     effects: &mut Vec<Effect>,
 ) {
     while let Some(head) = state.queue.front() {
-        let admit = match head.kind {
-            QueuedKind::Request { greedy } => match state.holder_of(head.session, head.thread) {
-                Some(owner) => {
-                    // A queued thread never holds in its own name (it would
-                    // have been granted reentrantly instead of queueing).
-                    assert!(owner.is_greedy(), "{key}: queued thread also holds");
-                    if state.mode == Some(LockMode::Read) && head.mode == LockMode::Write {
-                        break;
-                    }
-                    Admit::Join(owner)
-                }
-                None if compatible(state.mode, head.mode) => {
-                    Admit::New(Owner::new(head.session, head.thread, greedy))
-                }
-                None => break,
-            },
-            QueuedKind::Wake { greedy, .. } => {
-                assert_eq!(head.mode, LockMode::Write);
-                if !state.holders.is_empty() {
+        let admit = match state.holder_of(head.session, head.thread) {
+            Some(owner) => {
+                // A queued thread never holds in its own name (it would
+                // have been granted reentrantly instead of queueing).
+                assert!(owner.is_greedy(), "{key}: queued thread also holds");
+                if state.mode == Some(LockMode::Read) && head.mode == LockMode::Write {
                     break;
                 }
-                Admit::New(Owner::new(head.session, head.thread, greedy))
+                Admit::Join(owner)
             }
+            None if compatible(state.mode, head.mode) => {
+                Admit::New(Owner::new(head.session, head.thread, head.greedy))
+            }
+            None => break,
         };
         let head = state.queue.pop_front().expect("the head was just seen");
         let was_pending = state.pending.remove(&(head.session, head.thread));
@@ -521,37 +516,19 @@ fn settle(
                 true
             }
             Admit::New(owner) => {
-                let count = match head.kind {
-                    QueuedKind::Request { .. } => 1,
-                    QueuedKind::Wake { count, .. } => count,
-                };
-                state.insert_hold(owner, head.mode, count);
+                state.insert_hold(owner, head.mode, 1);
                 owner.is_greedy()
             }
         };
-        match head.kind {
-            QueuedKind::Request { .. } => {
-                state.count_acquisition(totals, true);
-                effects.push(Effect::Granted {
-                    session: head.session,
-                    thread: head.thread,
-                    lock: key.clone(),
-                    mode: head.mode,
-                    greedy,
-                    request: head.request,
-                });
-            }
-            QueuedKind::Wake { outcome, .. } => {
-                state.count_acquisition(totals, false);
-                effects.push(Effect::WaitDone {
-                    session: head.session,
-                    thread: head.thread,
-                    lock: key.clone(),
-                    request: head.request,
-                    outcome,
-                });
-            }
-        }
+        state.count_acquisition(totals, true);
+        effects.push(Effect::Granted {
+            session: head.session,
+            thread: head.thread,
+            lock: key.clone(),
+            mode: head.mode,
+            greedy,
+            request: head.request,
+        });
     }
     if state.queue.is_empty() {
         return;
@@ -567,6 +544,30 @@ fn settle(
             });
         }
     }
+}
+
+/// Ends the wait of `waiter` (already taken out of `state`'s wait set and
+/// of the token map): it is no longer pending and its session's reference
+/// to the lock goes; its client is told at once.
+fn end_wait(
+    key: &LockKey,
+    state: &mut LockState,
+    sessions: &mut SessionIndex,
+    waiter: Waiter,
+    outcome: WaitOutcome,
+    effects: &mut Vec<Effect>,
+) {
+    let was_pending = state.pending.remove(&(waiter.session, waiter.thread));
+    assert!(was_pending, "{key}: waiter not in the pending set");
+    sessions.remove_pending(waiter.session);
+    sessions.remove_ref(waiter.session, key);
+    effects.push(Effect::WaitDone {
+        session: waiter.session,
+        thread: waiter.thread,
+        lock: key.clone(),
+        request: waiter.request,
+        outcome,
+    });
 }
 
 /// Asserts the lock's invariants and removes its entry if it is idle.
@@ -707,7 +708,7 @@ impl LockManager {
                 thread,
                 request,
                 mode,
-                kind: QueuedKind::Request { greedy },
+                greedy,
             });
             state.pending.insert((session, thread));
             sessions.add_ref(session, &lock);
@@ -768,11 +769,13 @@ impl LockManager {
         Ok(())
     }
 
-    /// `Object.wait`: (session, thread) must hold `lock` in Write mode. Its
-    /// hold is released completely (count and greedy flag are kept for the
-    /// re-acquisition), it joins the tail of the wait set and queued
-    /// requests are granted. `WaitDone` follows once it was notified or
-    /// timed out and has the lock again. The token is for the caller's timer.
+    /// `Object.wait`: (session, thread) must hold `lock` in Write mode, by
+    /// its own hold or its session's greedy hold. That hold is released
+    /// completely (the whole count; a greedy hold for the whole session),
+    /// the thread joins the tail of the wait set and queued requests are
+    /// granted. `WaitDone` follows when it is notified or times out; it
+    /// then holds nothing and its client sends a new request. The token is
+    /// for the caller's timer.
     pub fn wait(
         &mut self,
         session: SessionId,
@@ -818,7 +821,7 @@ impl LockManager {
                 limit,
             });
         }
-        let hold = state.remove_hold(owner);
+        state.remove_hold(owner);
         let token = *token_next;
         *token_next += 1;
         state.waiters.insert(
@@ -827,8 +830,6 @@ impl LockManager {
                 session,
                 thread,
                 request,
-                count: hold.count,
-                greedy: owner.is_greedy(),
             },
         );
         state.pending.insert((session, thread));
@@ -842,9 +843,10 @@ impl LockManager {
     }
 
     /// `notify` (`all`: `notifyAll`): (session, thread) must hold `lock` in
-    /// Write mode. Moves the first waiter (or all, in order) to the tail of
-    /// the queue; each gets `WaitDone { outcome: Notified }` once granted,
-    /// which is after the notifier releases. Returns how many moved.
+    /// Write mode. Takes the first waiter (or all, in order) out of the wait
+    /// set and emits `WaitDone { outcome: Notified }` for each at once, in
+    /// that order. The notifier keeps its hold and nothing is queued for the
+    /// woken: each re-acquires with a new request. Returns how many woke.
     pub fn notify(
         &mut self,
         session: SessionId,
@@ -857,7 +859,6 @@ impl LockManager {
             locks,
             sessions,
             tokens,
-            totals,
             ..
         } = self;
         let held = locks
@@ -872,54 +873,50 @@ impl LockManager {
                 thread,
             });
         };
-        let moved_count = if all {
+        let woken = if all {
             state.waiters.len()
         } else {
             state.waiters.len().min(1)
         };
-        for _ in 0..moved_count {
+        for _ in 0..woken {
             let (token, waiter) = state.waiters.pop_first().expect("counted waiter");
             let removed = tokens.remove(&token);
             assert!(removed.is_some(), "waiter {token} had no token");
-            state.queue.push_back(Queued {
-                session: waiter.session,
-                thread: waiter.thread,
-                request: waiter.request,
-                mode: LockMode::Write,
-                kind: QueuedKind::Wake {
-                    outcome: WaitOutcome::Notified,
-                    count: waiter.count,
-                    greedy: waiter.greedy,
-                },
-            });
+            end_wait(
+                &lock,
+                state,
+                sessions,
+                waiter,
+                WaitOutcome::Notified,
+                effects,
+            );
         }
-        settle(&lock, state, sessions, totals, effects);
+        // The holders and the queue are unchanged: nothing to grant or
+        // recall.
         finish(locks, &lock);
-        Ok(moved_count)
+        Ok(woken)
     }
 
     /// The timer of a wait fired. If the waiter is still in the wait set it
-    /// moves to the tail of the queue marked TimedOut (it still re-acquires
-    /// the lock before `WaitDone { outcome: TimedOut }`) and this returns
-    /// true; if it was notified already or its session is gone, false.
+    /// leaves it, `WaitDone { outcome: TimedOut }` is emitted at once and
+    /// this returns true; if it was notified already or its session is
+    /// gone, false and nothing is emitted.
     pub fn wait_timed_out(&mut self, token: WaiterToken, effects: &mut Vec<Effect>) -> bool {
         let Some(key) = self.tokens.remove(&token.0) else {
             return false;
         };
         let state = self.locks.get_mut(&key).expect("a waiter's lock is live");
         let waiter = state.waiters.remove(&token.0).expect("a token's waiter");
-        state.queue.push_back(Queued {
-            session: waiter.session,
-            thread: waiter.thread,
-            request: waiter.request,
-            mode: LockMode::Write,
-            kind: QueuedKind::Wake {
-                outcome: WaitOutcome::TimedOut,
-                count: waiter.count,
-                greedy: waiter.greedy,
-            },
-        });
-        settle(&key, state, &mut self.sessions, &mut self.totals, effects);
+        end_wait(
+            &key,
+            state,
+            &mut self.sessions,
+            waiter,
+            WaitOutcome::TimedOut,
+            effects,
+        );
+        // The lock may now be idle (nobody held, queued or waited): its
+        // entry goes.
         finish(&mut self.locks, &key);
         true
     }
@@ -1128,9 +1125,6 @@ mod tests {
                     identities.insert((queued.session, queued.thread)),
                     "{key}: queued twice"
                 );
-                if let QueuedKind::Wake { .. } = queued.kind {
-                    assert_eq!(queued.mode, Write);
-                }
                 *refs.entry((queued.session, key.clone())).or_default() += 1;
                 *pending.entry(queued.session).or_default() += 1;
             }
@@ -1138,6 +1132,12 @@ mod tests {
                 assert!(
                     identities.insert((waiter.session, waiter.thread)),
                     "{key}: waits twice"
+                );
+                assert!(
+                    !state
+                        .holders
+                        .contains_key(&Owner::new(waiter.session, waiter.thread, false)),
+                    "{key}: a waiter holds"
                 );
                 assert_eq!(m.tokens.get(token), Some(key), "{key}: token {token}");
                 assert!(*token < m.token_next);
@@ -1148,14 +1148,9 @@ mod tests {
             assert_eq!(identities, state.pending, "{key}: pending set");
             if let Some(head) = state.queue.front() {
                 // The head must be blocked: settle would have granted it.
-                let blocked = match head.kind {
-                    QueuedKind::Wake { .. } => !state.holders.is_empty(),
-                    QueuedKind::Request { .. } => {
-                        match state.holder_of(head.session, head.thread) {
-                            Some(_) => state.mode == Some(Read) && head.mode == Write,
-                            None => !compatible(state.mode, head.mode),
-                        }
-                    }
+                let blocked = match state.holder_of(head.session, head.thread) {
+                    Some(_) => state.mode == Some(Read) && head.mode == Write,
+                    None => !compatible(state.mode, head.mode),
                 };
                 assert!(blocked, "{key}: grantable head left queued");
             }
@@ -1320,16 +1315,40 @@ mod tests {
             self.checked(|m, fx| m.notify(s, t, lock.clone(), all, fx))
         }
 
-        fn notify(&mut self, s: SessionId, t: ThreadId, lock: &LockKey, all: bool) -> usize {
-            let (moved, fx) = self.try_notify(s, t, lock, all).expect("notify");
-            assert_eq!(fx, vec![], "the notifier still holds the lock");
-            moved
+        /// How many woke, and the effects (only their `WaitDone`s: the
+        /// notifier keeps the lock).
+        fn notify(
+            &mut self,
+            s: SessionId,
+            t: ThreadId,
+            lock: &LockKey,
+            all: bool,
+        ) -> (usize, Vec<Effect>) {
+            let (woken, fx) = self.try_notify(s, t, lock, all).expect("notify");
+            assert_eq!(fx.len(), woken, "one WaitDone per woken waiter: {fx:?}");
+            assert!(
+                fx.iter().all(|effect| matches!(
+                    effect,
+                    Effect::WaitDone {
+                        outcome: WaitOutcome::Notified,
+                        ..
+                    }
+                )),
+                "{fx:?}"
+            );
+            assert_eq!(self.m.holds(s, lock), Some(Write), "the notifier holds");
+            (woken, fx)
         }
 
         fn timeout(&mut self, token: WaiterToken) -> (bool, Vec<Effect>) {
+            let before = snapshot(&self.m);
             let mut fx = Vec::new();
             let fired = self.m.wait_timed_out(token, &mut fx);
             check_invariants(&self.m);
+            if !fired {
+                assert_eq!(fx, vec![]);
+                assert_eq!(snapshot(&self.m), before, "a stale timer changed state");
+            }
             (fired, fx)
         }
 
@@ -1721,19 +1740,25 @@ mod tests {
     }
 
     #[test]
-    fn notify_by_a_greedy_holder_recalls_it_for_the_woken_waiter() {
+    fn a_woken_waiters_new_request_recalls_the_greedy_notifier() {
         let mut h = H::new();
         let a = obj(1);
         h.req(S2, T1, &a, Write, 1);
         h.wait(S2, T1, &a, 2);
         h.greedy(S1, T1, &a, Write, 3);
-        let (moved, fx) = h
-            .try_notify(S1, T2, &a, false)
-            .expect("greedy session notifies");
-        assert_eq!((moved, fx), (1, vec![recall(S1, &a)]));
+        assert_eq!(
+            h.notify(S1, T2, &a, false),
+            (1, vec![wait_done(S2, T1, &a, 2, WaitOutcome::Notified)]),
+            "any thread of the greedy session notifies; no recall yet"
+        );
+        assert_eq!(
+            h.req(S2, T1, &a, Write, 4),
+            vec![recall(S1, &a)],
+            "the woken waiter's request is blocked like any other"
+        );
         assert_eq!(
             h.rel(S1, T1, &a),
-            vec![wait_done(S2, T1, &a, 2, WaitOutcome::Notified)]
+            vec![granted(S2, T1, &a, Write, false, 4)]
         );
     }
 
@@ -1752,7 +1777,7 @@ mod tests {
     }
 
     #[test]
-    fn a_woken_waiter_gets_wait_done_only_after_the_notifier_releases() {
+    fn a_woken_waiter_gets_wait_done_at_notify_and_its_new_request_waits_for_the_notifier() {
         let mut h = H::new();
         let a = obj(1);
         h.req(S1, T1, &a, Write, 1);
@@ -1760,18 +1785,32 @@ mod tests {
         assert_eq!(fx, vec![]);
         h.req(S2, T1, &a, Write, 3);
         h.req(S3, T1, &a, Write, 4);
-        assert_eq!(h.notify(S2, T1, &a, false), 1);
-        assert_eq!(h.m.holds(S1, &a), None, "notified, not yet re-acquired");
+        assert_eq!(
+            h.notify(S2, T1, &a, false),
+            (1, vec![wait_done(S1, T1, &a, 2, WaitOutcome::Notified)])
+        );
+        assert_eq!(h.m.holds(S1, &a), None, "woken, holding nothing");
+        assert_eq!(h.m.stats().queued, 1, "nothing queued for the woken waiter");
+        assert_eq!(
+            h.req(S1, T1, &a, Write, 5),
+            vec![],
+            "the woken waiter's new request queues behind earlier requests"
+        );
         assert_eq!(
             h.rel(S2, T1, &a),
-            vec![granted(S3, T1, &a, Write, false, 4)],
-            "the woken waiter queues behind earlier requests"
+            vec![granted(S3, T1, &a, Write, false, 4)]
         );
         assert_eq!(
             h.rel(S3, T1, &a),
-            vec![wait_done(S1, T1, &a, 2, WaitOutcome::Notified)]
+            vec![granted(S1, T1, &a, Write, false, 5)]
         );
         assert_eq!(h.m.holds(S1, &a), Some(Write));
+        let counters = h.m.hottest(1)[0].1;
+        assert_eq!(
+            (counters.acquisitions, counters.contended),
+            (4, 2),
+            "the new request counts like any request"
+        );
     }
 
     /// Three waiters, in order S1, S2, S3; `S4` holds the lock at the end.
@@ -1791,17 +1830,20 @@ mod tests {
         let mut h = H::new();
         let a = obj(1);
         three_waiters(&mut h, &a);
-        assert_eq!(h.notify(S4, T1, &a, false), 1);
         assert_eq!(
-            h.rel(S4, T1, &a),
-            vec![wait_done(S1, T1, &a, 11, WaitOutcome::Notified)]
+            h.notify(S4, T1, &a, false),
+            (1, vec![wait_done(S1, T1, &a, 11, WaitOutcome::Notified)])
         );
-        assert_eq!(h.notify(S1, T1, &a, false), 1);
         assert_eq!(
-            h.rel(S1, T1, &a),
-            vec![wait_done(S2, T1, &a, 12, WaitOutcome::Notified)]
+            h.notify(S4, T1, &a, false),
+            (1, vec![wait_done(S2, T1, &a, 12, WaitOutcome::Notified)])
         );
-        assert_eq!(h.rel(S2, T1, &a), vec![], "S3 was not notified");
+        assert_eq!(h.m.stats().waiters, 1, "S3 was not notified");
+        assert_eq!(h.rel(S4, T1, &a), vec![], "nobody queued");
+        assert_eq!(
+            h.req(S2, T1, &a, Write, 5),
+            vec![granted(S2, T1, &a, Write, false, 5)]
+        );
         assert_eq!(h.m.stats().waiters, 1);
     }
 
@@ -1810,68 +1852,101 @@ mod tests {
         let mut h = H::new();
         let a = obj(1);
         three_waiters(&mut h, &a);
-        assert_eq!(h.notify(S4, T1, &a, true), 3);
+        assert_eq!(
+            h.notify(S4, T1, &a, true),
+            (
+                3,
+                vec![
+                    wait_done(S1, T1, &a, 11, WaitOutcome::Notified),
+                    wait_done(S2, T1, &a, 12, WaitOutcome::Notified),
+                    wait_done(S3, T1, &a, 13, WaitOutcome::Notified),
+                ]
+            )
+        );
         assert_eq!(h.m.stats().waiters, 0);
-        assert_eq!(h.m.stats().queued, 3);
+        assert_eq!(h.m.stats().queued, 0, "nothing queued for the woken");
+        // They compete again in the order their new requests arrive.
+        for (session, request) in [(S3, 23), (S1, 21), (S2, 22)] {
+            assert_eq!(h.req(session, T1, &a, Write, request), vec![]);
+        }
         assert_eq!(
             h.rel(S4, T1, &a),
-            vec![wait_done(S1, T1, &a, 11, WaitOutcome::Notified)]
+            vec![granted(S3, T1, &a, Write, false, 23)]
+        );
+        assert_eq!(
+            h.rel(S3, T1, &a),
+            vec![granted(S1, T1, &a, Write, false, 21)]
+        );
+        assert_eq!(
+            h.notify(S1, T1, &a, true),
+            (0, vec![]),
+            "nobody left to wake"
         );
         assert_eq!(
             h.rel(S1, T1, &a),
-            vec![wait_done(S2, T1, &a, 12, WaitOutcome::Notified)]
+            vec![granted(S2, T1, &a, Write, false, 22)]
         );
-        assert_eq!(
-            h.rel(S2, T1, &a),
-            vec![wait_done(S3, T1, &a, 13, WaitOutcome::Notified)]
-        );
-        assert_eq!(h.notify(S3, T1, &a, true), 0, "nobody left to wake");
-        h.rel(S3, T1, &a);
+        h.rel(S2, T1, &a);
         assert!(h.m.is_idle());
     }
 
     #[test]
-    fn wait_restores_the_reentrancy_count() {
+    fn wait_releases_the_whole_reentrancy_count() {
         let mut h = H::new();
         let a = obj(1);
         h.req(S1, T1, &a, Write, 1);
         h.req(S1, T1, &a, Write, 2);
-        h.wait(S1, T1, &a, 3);
-        h.req(S2, T1, &a, Write, 4);
-        h.notify(S2, T1, &a, false);
-        h.req(S3, T1, &a, Read, 5);
+        h.req(S2, T1, &a, Write, 3);
+        let (_, fx) = h.wait(S1, T1, &a, 4);
+        assert_eq!(fx, vec![granted(S2, T1, &a, Write, false, 3)]);
         assert_eq!(
-            h.rel(S2, T1, &a),
-            vec![wait_done(S1, T1, &a, 3, WaitOutcome::Notified)]
+            h.notify(S2, T1, &a, false),
+            (1, vec![wait_done(S1, T1, &a, 4, WaitOutcome::Notified)])
         );
-        assert_eq!(h.rel(S1, T1, &a), vec![], "held twice before the wait");
-        assert_eq!(h.rel(S1, T1, &a), vec![granted(S3, T1, &a, Read, false, 5)]);
+        h.req(S3, T1, &a, Read, 5);
+        assert_eq!(h.req(S1, T1, &a, Write, 6), vec![]);
+        assert_eq!(h.rel(S2, T1, &a), vec![granted(S3, T1, &a, Read, false, 5)]);
+        assert_eq!(
+            h.rel(S3, T1, &a),
+            vec![granted(S1, T1, &a, Write, false, 6)]
+        );
+        assert_eq!(
+            h.rel(S1, T1, &a),
+            vec![],
+            "the new grant's count is one, not the count before the wait"
+        );
+        assert!(h.m.is_idle());
     }
 
     #[test]
-    fn wait_restores_a_greedy_hold() {
+    fn wait_under_a_greedy_hold_releases_the_sessions_whole_hold() {
         let mut h = H::new();
         let a = obj(1);
         h.greedy(S1, T1, &a, Write, 1);
         let (_, fx) = h.wait(S1, T2, &a, 2);
         assert_eq!(fx, vec![]);
-        h.req(S2, T1, &a, Write, 3);
-        h.notify(S2, T1, &a, false);
+        assert_eq!(h.m.holds(S1, &a), None, "the session holds nothing");
         assert_eq!(
-            h.rel(S2, T1, &a),
-            vec![wait_done(S1, T2, &a, 2, WaitOutcome::Notified)]
+            h.req(S2, T1, &a, Write, 3),
+            vec![granted(S2, T1, &a, Write, false, 3)]
         );
         assert_eq!(
-            h.req(S1, T1, &a, Write, 4),
-            vec![granted(S1, T1, &a, Write, true, 4)],
-            "the session holds greedily again"
+            h.notify(S2, T1, &a, false),
+            (1, vec![wait_done(S1, T2, &a, 2, WaitOutcome::Notified)])
+        );
+        assert_eq!(h.greedy(S1, T2, &a, Write, 4), vec![]);
+        assert_eq!(h.rel(S2, T1, &a), vec![granted(S1, T2, &a, Write, true, 4)]);
+        assert_eq!(
+            h.req(S1, T1, &a, Write, 5),
+            vec![granted(S1, T1, &a, Write, true, 5)],
+            "the session holds greedily again, by the new grant"
         );
         assert_eq!(h.rel(S1, T1, &a), vec![]);
         assert!(h.m.is_idle());
     }
 
     #[test]
-    fn a_thread_waiting_cannot_wait_or_request_again() {
+    fn a_waiting_thread_cannot_wait_or_request_again_until_its_wait_done() {
         let mut h = H::new();
         let a = obj(1);
         h.greedy(S1, T1, &a, Write, 1);
@@ -1893,6 +1968,15 @@ mod tests {
                 ..
             })
         ));
+        assert_eq!(
+            h.notify(S1, T2, &a, false),
+            (1, vec![wait_done(S1, T1, &a, 2, WaitOutcome::Notified)])
+        );
+        assert_eq!(
+            h.try_req(S1, T1, &a, Write, true, 6),
+            Ok(vec![granted(S1, T1, &a, Write, true, 6)]),
+            "after WaitDone it requests like any thread (here: its session's greedy hold)"
+        );
     }
 
     #[test]
@@ -1941,25 +2025,34 @@ mod tests {
     }
 
     #[test]
-    fn a_timed_out_waiter_reacquires_before_wait_done() {
+    fn a_timed_out_waiter_gets_wait_done_at_once_and_may_request_again() {
         let mut h = H::new();
         let a = obj(1);
         h.req(S1, T1, &a, Write, 1);
         let (token, _) = h.wait(S1, T1, &a, 2);
         h.req(S2, T1, &a, Write, 3);
-        assert_eq!(h.timeout(token), (true, vec![]), "S2 still holds the lock");
+        assert_eq!(
+            h.timeout(token),
+            (true, vec![wait_done(S1, T1, &a, 2, WaitOutcome::TimedOut)]),
+            "at once, although S2 holds the lock"
+        );
         assert_eq!(h.m.stats().waiters, 0);
-        assert_eq!(h.notify(S2, T1, &a, false), 0, "no longer in the wait set");
+        assert_eq!(h.m.holds(S1, &a), None);
+        assert_eq!(
+            h.notify(S2, T1, &a, false),
+            (0, vec![]),
+            "no longer in the wait set"
+        );
+        assert_eq!(h.req(S1, T1, &a, Write, 4), vec![]);
         assert_eq!(
             h.rel(S2, T1, &a),
-            vec![wait_done(S1, T1, &a, 2, WaitOutcome::TimedOut)]
+            vec![granted(S1, T1, &a, Write, false, 4)]
         );
-        assert_eq!(h.m.holds(S1, &a), Some(Write));
         assert_eq!(h.timeout(token), (false, vec![]), "fires once");
     }
 
     #[test]
-    fn a_timed_out_waiter_on_a_free_lock_reacquires_at_once() {
+    fn a_timed_out_waiter_on_a_free_lock_leaves_no_entry_behind() {
         let mut h = H::new();
         let a = obj(1);
         h.req(S1, T1, &a, Write, 1);
@@ -1969,8 +2062,11 @@ mod tests {
             h.timeout(token),
             (true, vec![wait_done(S1, T1, &a, 2, WaitOutcome::TimedOut)])
         );
-        h.rel(S1, T1, &a);
-        assert!(h.m.is_idle());
+        assert!(h.m.is_idle(), "nobody holds, queues or waits");
+        assert_eq!(
+            h.req(S1, T1, &a, Write, 3),
+            vec![granted(S1, T1, &a, Write, false, 3)]
+        );
     }
 
     #[test]
@@ -1980,14 +2076,14 @@ mod tests {
         h.req(S1, T1, &a, Write, 1);
         let (token, _) = h.wait(S1, T1, &a, 2);
         h.req(S2, T1, &a, Write, 3);
-        h.notify(S2, T1, &a, false);
-        let before = snapshot(&h.m);
-        assert_eq!(h.timeout(token), (false, vec![]));
-        assert_eq!(snapshot(&h.m), before);
         assert_eq!(
-            h.rel(S2, T1, &a),
-            vec![wait_done(S1, T1, &a, 2, WaitOutcome::Notified)]
+            h.notify(S2, T1, &a, false),
+            (1, vec![wait_done(S1, T1, &a, 2, WaitOutcome::Notified)])
         );
+        // `timeout` checks that a stale timer changes nothing.
+        assert_eq!(h.timeout(token), (false, vec![]));
+        assert_eq!(h.rel(S2, T1, &a), vec![]);
+        assert!(h.m.is_idle());
     }
 
     // ------------------------------------------------------------ dead sessions
@@ -2024,7 +2120,11 @@ mod tests {
         h.req(S2, T2, &a, Write, 4);
         h.req(S3, T1, &a, Write, 5);
         assert_eq!(h.drop_session(S2), vec![]);
-        assert_eq!(h.notify(S1, T1, &a, true), 0, "the dead waiter is gone");
+        assert_eq!(
+            h.notify(S1, T1, &a, true),
+            (0, vec![]),
+            "the dead waiter is gone"
+        );
         assert_eq!(h.timeout(token), (false, vec![]));
         assert_eq!(
             h.rel(S1, T1, &a),
@@ -2248,6 +2348,12 @@ mod tests {
         Drop {
             slot: usize,
         },
+        /// A thread whose wait ended (picked by `pick`) asks for the lock
+        /// again, in Write mode, as its client does after `WaitDone`.
+        Reacquire {
+            pick: usize,
+            greedy: bool,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -2264,12 +2370,14 @@ mod tests {
             2 => any::<usize>().prop_map(|pick| Op::TimeOut { pick }),
             4 => (any::<usize>(), 0..4u8).prop_map(|(pick, action)| Op::ByHolder { pick, action }),
             1 => (0..SLOTS).prop_map(|slot| Op::Drop { slot }),
+            3 => (any::<usize>(), prop::bool::weighted(0.25)).prop_map(|(pick, greedy)| Op::Reacquire { pick, greedy }),
         ]
     }
 
-    /// The model: what the callers were promised. Every accepted request or
-    /// wait is outstanding until exactly one `Granted`/`WaitDone` answers
-    /// it, or its session dies.
+    /// The model: what the callers were promised. Every accepted request is
+    /// outstanding until exactly one `Granted` answers it, every accepted
+    /// wait until exactly one `WaitDone` does (emitted by the notify or
+    /// timeout that ends it, in wait-set order), or its session dies.
     #[derive(Default)]
     struct Sim {
         m: LockManager,
@@ -2277,10 +2385,13 @@ mod tests {
         request_next: RequestId,
         outstanding: BTreeMap<RequestId, (SessionId, ThreadId, LockKey)>,
         answered: HashSet<RequestId>,
+        /// The request ids of accepted waits (answered or not).
+        waits: HashSet<RequestId>,
         /// Per lock, the wait set in order.
         wait_sets: BTreeMap<LockKey, VecDeque<RequestId>>,
-        /// Waiters taken out of the wait set, and how.
-        woken: HashMap<RequestId, WaitOutcome>,
+        /// (session, thread, lock index) whose wait ended and which have
+        /// not asked for the lock again yet.
+        woken: Vec<(SessionId, ThreadId, usize)>,
         timers: Vec<(WaiterToken, RequestId, LockKey)>,
         /// (session, lock) recalled for the current greedy grant.
         recalled: HashSet<(SessionId, LockKey)>,
@@ -2305,6 +2416,29 @@ mod tests {
                 .values()
                 .filter(|(s, _, _)| *s == session)
                 .count()
+        }
+
+        fn slot_of(&self, session: SessionId) -> Option<usize> {
+            (0..SLOTS).find(|&slot| self.session(slot) == session)
+        }
+
+        /// The `WaitDone`s that end the waits `requests`, in order, and
+        /// notes their threads for `Op::Reacquire`.
+        fn wait_dones(&mut self, requests: &[RequestId], outcome: WaitOutcome) -> Vec<Effect> {
+            let mut effects = Vec::new();
+            for request in requests {
+                let (session, thread, lock) = self.outstanding[request].clone();
+                let index = (0..2).find(|&i| key_of(i) == lock).expect("a model key");
+                self.woken.push((session, thread, index));
+                effects.push(Effect::WaitDone {
+                    session,
+                    thread,
+                    lock,
+                    request: *request,
+                    outcome,
+                });
+            }
+            effects
         }
 
         fn has_pending(&self, session: SessionId, thread: ThreadId, lock: &LockKey) -> bool {
@@ -2348,7 +2482,7 @@ mod tests {
                         request,
                         ..
                     } => {
-                        assert!(!self.woken.contains_key(&request), "Granted for a waiter");
+                        assert!(!self.waits.contains(&request), "Granted for a wait");
                         self.answer(request, session, thread, &lock);
                         if greedy {
                             self.recalled.remove(&(session, lock));
@@ -2359,15 +2493,16 @@ mod tests {
                         thread,
                         lock,
                         request,
-                        outcome,
+                        ..
                     } => {
+                        assert!(self.waits.contains(&request), "WaitDone for a request");
                         self.answer(request, session, thread, &lock);
-                        assert_eq!(
-                            self.woken.remove(&request),
-                            Some(outcome),
-                            "request {request}"
-                        );
-                        self.recalled.remove(&(session, lock));
+                        let holds = self.m.locks.get(&lock).is_some_and(|state| {
+                            state
+                                .holders
+                                .contains_key(&Owner::new(session, thread, false))
+                        });
+                        assert!(!holds, "request {request}: a woken waiter holds");
                     }
                     Effect::Recall { session, lock } => {
                         let first = self.recalled.insert((session, lock.clone()));
@@ -2387,7 +2522,7 @@ mod tests {
                         continue;
                     };
                     for owner in state.holders.keys() {
-                        let slot = (0..SLOTS).find(|&slot| self.session(slot) == owner.session);
+                        let slot = self.slot_of(owner.session);
                         let thread = owner.thread.unwrap_or(1 + (pick / 7 % 2) as u64);
                         holders.push((slot.expect("a live session"), thread, lock));
                     }
@@ -2408,7 +2543,24 @@ mod tests {
                 };
                 return self.step(&op);
             }
+            if let Op::Reacquire { pick, greedy } = *op {
+                if self.woken.is_empty() {
+                    return self.check(&[]);
+                }
+                let (session, thread, lock) = self.woken.swap_remove(pick % self.woken.len());
+                let slot = self
+                    .slot_of(session)
+                    .expect("woken threads of live sessions");
+                return self.step(&Op::Request {
+                    slot,
+                    thread,
+                    lock,
+                    write: true,
+                    greedy,
+                });
+            }
             let before = snapshot(&self.m);
+            let mut expected_wait_dones = Vec::new();
             let mut fx = Vec::new();
             let refused = match *op {
                 Op::Request {
@@ -2473,9 +2625,8 @@ mod tests {
                             assert_eq!(held, Some(Write));
                             assert!(!already && pending < LIMIT);
                             // The waiter gave its hold up; its session may
-                            // hold again only through a new greedy grant (or
-                            // greedy re-acquisition) to another of its
-                            // threads that was queued before.
+                            // hold again only through a new greedy grant to
+                            // another of its threads that was queued before.
                             let holder = self
                                 .m
                                 .locks
@@ -2486,13 +2637,8 @@ mod tests {
                                     session: s,
                                     thread: t,
                                     ..
-                                }
-                                | Effect::WaitDone {
-                                    session: s,
-                                    thread: t,
-                                    ..
                                 } => *s == session && *t != thread,
-                                Effect::Recall { .. } => false,
+                                Effect::Recall { .. } | Effect::WaitDone { .. } => false,
                             });
                             let greedy = holder.is_some_and(|owner| owner.is_greedy());
                             assert!(
@@ -2501,6 +2647,7 @@ mod tests {
                             );
                             self.outstanding
                                 .insert(request, (session, thread, key.clone()));
+                            self.waits.insert(request);
                             self.wait_sets
                                 .entry(key.clone())
                                 .or_default()
@@ -2527,13 +2674,12 @@ mod tests {
                 } => {
                     let (session, key) = (self.session(slot), key_of(lock));
                     match self.m.notify(session, thread, key.clone(), all, &mut fx) {
-                        Ok(moved) => {
+                        Ok(woken) => {
                             let set = self.wait_sets.entry(key).or_default();
                             let expected = if all { set.len() } else { set.len().min(1) };
-                            assert_eq!(moved, expected);
-                            for request in set.drain(..moved) {
-                                self.woken.insert(request, WaitOutcome::Notified);
-                            }
+                            assert_eq!(woken, expected);
+                            let requests: Vec<RequestId> = set.drain(..woken).collect();
+                            expected_wait_dones = self.wait_dones(&requests, WaitOutcome::Notified);
                             None
                         }
                         Err(error) => {
@@ -2551,14 +2697,15 @@ mod tests {
                         assert_eq!(fired, position.is_some(), "request {request}");
                         if let Some(position) = position {
                             set.remove(position);
-                            self.woken.insert(request, WaitOutcome::TimedOut);
+                            expected_wait_dones =
+                                self.wait_dones(&[request], WaitOutcome::TimedOut);
                         } else {
                             assert_eq!(snapshot(&self.m), before);
                         }
                     }
                     None
                 }
-                Op::ByHolder { .. } => unreachable!("translated above"),
+                Op::ByHolder { .. } | Op::Reacquire { .. } => unreachable!("translated above"),
                 Op::Drop { slot } => {
                     let session = self.session(slot);
                     let gone: Vec<RequestId> = self
@@ -2569,8 +2716,8 @@ mod tests {
                         .collect();
                     for request in &gone {
                         self.outstanding.remove(request);
-                        self.woken.remove(request);
                     }
+                    self.woken.retain(|(s, _, _)| *s != session);
                     for set in self.wait_sets.values_mut() {
                         set.retain(|r| !gone.contains(r));
                     }
@@ -2586,6 +2733,17 @@ mod tests {
             if let Some(error) = refused {
                 assert!(fx.is_empty(), "{error}: effects {fx:?}");
                 assert_eq!(snapshot(&self.m), before, "{error}: state changed");
+            }
+            // Waits end only by notify and timeout, each answered at once,
+            // in wait-set order, and those calls emit nothing else.
+            let wait_dones: Vec<&Effect> = fx
+                .iter()
+                .filter(|effect| matches!(effect, Effect::WaitDone { .. }))
+                .collect();
+            if matches!(op, Op::Notify { .. } | Op::TimeOut { .. }) {
+                assert_eq!(fx, expected_wait_dones, "{op:?}");
+            } else {
+                assert!(wait_dones.is_empty(), "{op:?}: {wait_dones:?}");
             }
             let recalls = self.absorb(fx);
             self.check(&recalls);
@@ -2666,7 +2824,7 @@ mod tests {
             }
             assert!(self.m.is_idle(), "state left after every session died");
             assert!(self.outstanding.is_empty());
-            assert!(self.woken.is_empty());
+            assert!(self.woken.is_empty(), "woken threads of dead sessions");
             let stats = self.m.stats();
             assert_eq!((stats.holders, stats.queued, stats.waiters), (0, 0, 0));
         }

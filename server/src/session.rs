@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tc_heap_store::{ClassDef, ObjectId, Rejection, StoreError, codec::Reader, codec::Writer};
+use tc_heap_store::{ClassDef, ObjectId, Rejection, StoreError};
 use tc_model::Transaction;
 use tc_protocol::client_message::Body as In;
 use tc_protocol::server_message::Body as Out;
@@ -550,7 +550,7 @@ fn handle_message(
                     timer_shared.with_locks(|locks, effects| locks.wait_timed_out(token, effects));
                 });
             }
-            // The reply (WaitDone) is a lock effect: sent once the lock is held again.
+            // The reply (WaitDone) is a lock effect: sent at notify or timeout.
             Ok(None)
         })),
         In::Notify(notify) => {
@@ -632,7 +632,9 @@ fn handle_message(
                     format!("class definition exceeds {MAX_CLASS_DEFINITION_BYTES} B"),
                 ));
             }
-            let def = decode_class(&register.definition)?;
+            let def = ClassDef::from_bytes(&register.definition).map_err(|err| {
+                Refusal::new(ErrorCode::Malformed, format!("class definition: {err}"))
+            })?;
             let store = shared.store.clone();
             let class = tokio::task::spawn_blocking(move || store.register_class(&def))
                 .await
@@ -643,13 +645,11 @@ fn handle_message(
         })),
         In::FetchClass(fetch) => match shared.store.class(tc_heap_store::ClassId(fetch.class_id)) {
             Some(def) => {
-                let mut w = Writer::new();
-                def.encode(&mut w);
                 handle.reply(
                     request,
                     Out::ClassData(ClassData {
                         class_id: fetch.class_id,
-                        definition: w.into_bytes().into(),
+                        definition: def.to_bytes().into(),
                     }),
                 );
             }
@@ -666,14 +666,6 @@ fn handle_message(
 
 fn session_holds(shared: &Shared, session: &SessionHandle, key: &LockKey) -> Option<LockMode> {
     shared.with_locks(|locks, _| locks.holds(session.id, key))
-}
-
-fn decode_class(bytes: &[u8]) -> Result<ClassDef, Refusal> {
-    let mut r = Reader::new(bytes);
-    let def = ClassDef::decode(&mut r)
-        .and_then(|def| r.finish("class definition").map(|()| def))
-        .map_err(|err| Refusal::new(ErrorCode::Malformed, format!("class definition: {err}")))?;
-    Ok(def)
 }
 
 /// Commits a transaction, then pushes it to every other session holding

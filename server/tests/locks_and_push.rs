@@ -321,3 +321,33 @@ async fn threads_of_one_client_take_turns_on_a_greedy_lock() {
     let b = server.client(2).await;
     assert_eq!(value_of(&b, id).await, 100, "increments were lost");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_and_notify_between_threads_of_one_client_greedy_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    for client in [server.client(1).await, server.plain_client(2).await] {
+        let key = LockKey::Named(format!("local {}", client.client_id()));
+        client.lock(&key, 1, LockMode::Write).await.unwrap();
+        let waiter = {
+            let (client, key) = (client.clone(), key.clone());
+            tokio::spawn(async move {
+                let notified = client.wait(&key, 1, None, Vec::new()).await.unwrap();
+                client.unlock(&key, 1, Vec::new()).await.unwrap();
+                notified
+            })
+        };
+        // Thread 2 of the same client notifies once the wait is registered.
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            client.lock(&key, 2, LockMode::Write).await.unwrap();
+            let woken = client.notify(&key, 2, false).await.unwrap();
+            client.unlock(&key, 2, Vec::new()).await.unwrap();
+            if woken == 1 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the waiter never waited");
+        }
+        assert!(tokio::time::timeout(DEADLINE, waiter).await.unwrap().unwrap());
+    }
+}
