@@ -4,7 +4,8 @@
 //!
 //! Layout: `config` (settings), `server` (shared state, service, start and
 //! stop), `session` (one client's protocol), `locks` (lock manager: a pure
-//! state machine), `holders` (which session holds which object).
+//! state machine), `holders` (which session holds which object), `metrics` (the
+//! Prometheus endpoint).
 //! Protocol: `docs/protocol.md`; settings: `docs/configuration.md`.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -12,6 +13,7 @@
 pub mod config;
 mod holders;
 pub mod locks;
+mod metrics;
 mod server;
 mod session;
 

@@ -31,7 +31,10 @@ use tracing::{info, warn};
 
 use crate::config::{ConfigError, ServerConfig};
 use crate::holders::Holders;
-use crate::locks::{Effect, LockManager, LockManagerConfig, SessionId};
+use crate::locks::{
+    Effect, LockCounters, LockKey, LockManager, LockManagerConfig, LockStats, SessionId,
+};
+use crate::metrics::{self, Metrics};
 use crate::session::{self, SessionHandle};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,7 @@ pub enum ServerError {
 /// What every session shares.
 pub struct Shared {
     pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
     pub config: ServerConfig,
     pub epoch: u64,
     pub holders: Holders,
@@ -128,6 +132,12 @@ impl Shared {
         }
     }
 
+    /// Lock statistics and the `n` most contended live locks.
+    pub fn lock_stats(&self, n: usize) -> (LockStats, Vec<(LockKey, LockCounters)>) {
+        let locks = lock(&self.locks);
+        (locks.stats(), locks.hottest(n))
+    }
+
     pub fn session_count(&self) -> usize {
         lock(&self.sessions).len()
     }
@@ -192,6 +202,7 @@ impl Tc for Service {
 pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -229,11 +240,20 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
         let locks = LockManager::new(LockManagerConfig {
             max_pending_per_session: config.max_in_flight as usize,
         });
         let shared = Arc::new(Shared {
             store: Arc::new(store),
+            metrics: Arc::new(Metrics::new()),
             epoch,
             holders: Holders::new(),
             locks: Mutex::new(locks),
@@ -244,13 +264,24 @@ impl Server {
             sessions_ended: tokio::sync::Notify::new(),
             config,
         });
-        Ok(Server { shared, listener })
+        Ok(Server {
+            shared,
+            listener,
+            metrics_listener,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -265,6 +296,17 @@ impl Server {
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let shared = self.shared;
+        if let Some(listener) = self.metrics_listener {
+            let mut stopping = shared.stopping();
+            tokio::spawn(metrics::serve(
+                listener,
+                shared.metrics.clone(),
+                Arc::downgrade(&shared),
+                async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                },
+            ));
+        }
         let max_message = shared.config.max_message_bytes as usize;
         let service = TcServer::new(Service {
             shared: shared.clone(),

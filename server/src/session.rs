@@ -396,6 +396,7 @@ async fn handshake(
         held: Mutex::default(),
         wait_lsns: Mutex::default(),
     });
+    shared.metrics.sessions_opened.inc();
     info!(session = handle.id, client = hello.client_id, name = %hello.client_name, ?peer, "session started");
     let config = &shared.config;
     handle.reply(
@@ -676,7 +677,14 @@ async fn commit_and_push(
     session: &SessionHandle,
     transaction: Bytes,
 ) -> Result<u64, Refusal> {
-    let lsn = shared.store.commit_async(transaction.clone()).await?.0;
+    let started = std::time::Instant::now();
+    let lsn = match shared.store.commit_async(transaction.clone()).await {
+        Ok(lsn) => lsn.0,
+        Err(err) => {
+            shared.metrics.commit_refusals.inc();
+            return Err(err.into());
+        }
+    };
     let tx = Transaction::decode(&transaction).expect("the store accepted these bytes");
     let mut targets = Vec::new();
     for dna in &tx.dnas {
@@ -696,8 +704,10 @@ async fn commit_and_push(
                     transaction: transaction.clone(),
                 }),
             ));
+            shared.metrics.pushes.inc();
         }
     }
+    shared.metrics.observe_commit(started.elapsed());
     Ok(lsn)
 }
 

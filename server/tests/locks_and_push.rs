@@ -346,8 +346,16 @@ async fn wait_and_notify_between_threads_of_one_client_greedy_or_not() {
             if woken == 1 {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "the waiter never waited");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the waiter never waited"
+            );
         }
-        assert!(tokio::time::timeout(DEADLINE, waiter).await.unwrap().unwrap());
+        assert!(
+            tokio::time::timeout(DEADLINE, waiter)
+                .await
+                .unwrap()
+                .unwrap()
+        );
     }
 }

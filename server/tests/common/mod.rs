@@ -25,8 +25,15 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `tc-server` on `dir` and waits for its "serving on" line.
     pub fn start(dir: &Path, extra: &[&str]) -> TestServer {
+        let metrics = if extra.contains(&"--metrics-listen") {
+            None
+        } else {
+            Some("--no-metrics")
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_tc-server"))
-            .args(["--listen", "127.0.0.1:0", "--no-metrics", "--data-dir"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(metrics)
+            .arg("--data-dir")
             .arg(dir)
             .args(extra)
             .env("RUST_LOG", "info")
@@ -77,6 +84,14 @@ impl TestServer {
         let mut config = ClientConfig::new(self.addr, client_id);
         config.greedy_locks = false;
         Client::connect(config).await.expect("connect")
+    }
+
+    /// The address of `/metrics`, from its log line.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.log().iter().find_map(|line| {
+            let rest = line.split("metrics on http://").nth(1)?;
+            rest.split('/').next()?.parse().ok()
+        })
     }
 
     pub fn log(&self) -> Vec<String> {
