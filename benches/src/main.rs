@@ -2,15 +2,18 @@
 //!
 //! Owns: the command line (one subcommand per workload) and dispatch; the
 //! exit code. Not: running a workload (`wal_bench.rs`, `store_commit.rs`,
-//! `store_read.rs`, `recovery.rs`, `write_amp.rs`; what the store workloads
+//! `store_read.rs`, `recovery.rs`, `write_amp.rs`, `server_bench.rs`: the
+//! network workloads, `baselines.rs`: Redis and PostgreSQL; what the store workloads
 //! share is in `store_common.rs`), measuring the disk (`fsync_probe.rs`),
 //! printing results (`report.rs`).
 //! Output contract: results go to stdout (a table, or one JSON object per
 //! line with `--json`); progress and warnings go to stderr.
 
+mod baselines;
 mod fsync_probe;
 mod recovery;
 mod report;
+mod server_bench;
 mod store_commit;
 mod store_common;
 mod store_read;
@@ -40,6 +43,16 @@ enum Command {
     Recovery(recovery::RecoveryArgs),
     /// Object store write amplification under updates, checkpoints and cleaning.
     WriteAmp(write_amp::WriteAmpArgs),
+    /// The same workloads against Redis and PostgreSQL servers it starts.
+    Baseline(baselines::BaselineArgs),
+    /// tc-server: N sessions, each writer committing small field-level
+    /// transactions under its own lock (`--vs redis,postgres` to compare).
+    ServerCommit(server_bench::ServerBenchArgs),
+    /// tc-server: every writer increments one shared counter under one
+    /// cluster lock (contended).
+    Counter(server_bench::ServerBenchArgs),
+    /// tc-server: writers fault random objects in.
+    Read(server_bench::ServerBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +63,16 @@ fn main() -> ExitCode {
         Command::StoreRead(args) => store_read::run(&args).map_err(Into::into),
         Command::Recovery(args) => recovery::run(&args).map_err(Into::into),
         Command::WriteAmp(args) => write_amp::run(&args).map_err(Into::into),
+        Command::Baseline(args) => baselines::run_bench(&args).map_err(Into::into),
+        Command::ServerCommit(args) => {
+            server_bench::run(server_bench::TcWorkload::ServerCommit, &args).map_err(Into::into)
+        }
+        Command::Counter(args) => {
+            server_bench::run(server_bench::TcWorkload::Counter, &args).map_err(Into::into)
+        }
+        Command::Read(args) => {
+            server_bench::run(server_bench::TcWorkload::Read, &args).map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,6 +148,99 @@ mod tests {
             ),
             (&["recovery", "--wal-bytes", "12XB"], "--wal-bytes"),
             (&["write-amp", "--objects", "0"], "--objects"),
+        ];
+        for (argv, flag) in cases {
+            let err = parse_command(argv).expect_err("must be rejected");
+            assert!(err.to_string().contains(flag), "{argv:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn server_workload_arguments_parse() {
+        let Command::ServerCommit(args) = parse_command(&["server-commit"]).expect("parse") else {
+            panic!("not server-commit");
+        };
+        assert_eq!((args.writers, args.sessions), (64, 4));
+        assert!(args.vs.is_empty() && !args.json && !args.no_greedy);
+        let Command::Counter(args) = parse_command(&[
+            "counter",
+            "--writers",
+            "2",
+            "--sessions",
+            "2",
+            "--vs",
+            "redis,postgres",
+            "--json",
+        ])
+        .expect("parse") else {
+            panic!("not counter");
+        };
+        assert_eq!((args.writers, args.sessions), (2, 2));
+        assert_eq!(
+            args.vs,
+            vec![baselines::Baseline::Redis, baselines::Baseline::Postgres]
+        );
+        assert!(args.json);
+        let err = parse_command(&["read", "--vs", "mysql"]).expect_err("unknown baseline");
+        assert!(err.to_string().contains("mysql"), "{err}");
+    }
+
+    #[test]
+    fn baseline_arguments_parse_and_bad_ones_name_the_flag() {
+        use baselines::{Baseline, Workload};
+        let Command::Baseline(args) =
+            parse_command(&["baseline", "--against", "redis"]).expect("parse")
+        else {
+            panic!("not baseline");
+        };
+        assert_eq!(args.against, vec![Baseline::Redis]);
+        assert_eq!(args.workload, vec![Workload::Commit]);
+        assert_eq!(args.writers, vec![64]);
+        assert_eq!((args.seconds, args.warmup_seconds), (10.0, 2.0));
+        assert_eq!(args.value_bytes, 64);
+        assert!(!args.json);
+        let Command::Baseline(args) = parse_command(&[
+            "baseline",
+            "--against",
+            "redis",
+            "--against",
+            "postgres",
+            "--workload",
+            "counter",
+            "--writers",
+            "4",
+            "--seconds",
+            "1",
+            "--warmup-seconds",
+            "0",
+            "--value-bytes",
+            "128",
+            "--json",
+        ])
+        .expect("parse") else {
+            panic!("not baseline");
+        };
+        assert_eq!(args.against, vec![Baseline::Redis, Baseline::Postgres]);
+        assert_eq!(args.workload, vec![Workload::Counter]);
+        assert_eq!(args.writers, vec![4]);
+        assert_eq!((args.seconds, args.warmup_seconds), (1.0, 0.0));
+        assert_eq!(args.value_bytes, 128);
+        assert!(args.json);
+        let cases: [(&[&str], &str); 5] = [
+            (&["baseline"], "--against"),
+            (&["baseline", "--against", "mysql"], "--against"),
+            (
+                &["baseline", "--against", "redis", "--workload", "scan"],
+                "--workload",
+            ),
+            (
+                &["baseline", "--against", "redis", "--writers", "0"],
+                "--writers",
+            ),
+            (
+                &["baseline", "--against", "redis", "--seconds", "0"],
+                "--seconds",
+            ),
         ];
         for (argv, flag) in cases {
             let err = parse_command(argv).expect_err("must be rejected");

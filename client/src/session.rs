@@ -41,6 +41,10 @@ pub enum ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// HTTP/2 flow-control windows: one session stream carries every thread's
+/// requests, so the default 64 KiB would throttle it.
+const WINDOW_BYTES: u32 = 8 << 20;
+
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     /// `http://host:port` of the server.
@@ -110,10 +114,15 @@ impl Client {
             addr: config.endpoint.clone(),
             message,
         };
-        let mut grpc = TcClient::connect(config.endpoint.clone())
+        let channel = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|err| connect_error(format!("bad endpoint: {err}")))?
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(WINDOW_BYTES))
+            .initial_connection_window_size(Some(WINDOW_BYTES))
+            .connect()
             .await
-            .map_err(|err| connect_error(format!("{err:?}")))?
-            .max_decoding_message_size(256 << 20);
+            .map_err(|err| connect_error(format!("{err:?}")))?;
+        let mut grpc = TcClient::new(channel).max_decoding_message_size(256 << 20);
         let (outbound, receiver) = mpsc::channel(4096);
         outbound
             .send(ClientMessage::new(

@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub checkpoint_interval_secs: u64,
     /// Size of each WAL segment file, in bytes.
     pub wal_segment_bytes: u64,
+    /// WAL writes (each one write + one fdatasync) kept in flight at once.
+    pub wal_writes_in_flight: u32,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +68,7 @@ impl Default for ServerConfig {
             checkpoint_wal_bytes: store.checkpoint_wal_bytes,
             checkpoint_interval_secs: store.checkpoint_interval.as_secs(),
             wal_segment_bytes: store.wal.segment_bytes,
+            wal_writes_in_flight: store.wal.writes_in_flight as u32,
         }
     }
 }
@@ -186,6 +189,12 @@ impl ServerConfig {
                 && c.wal_segment_bytes.is_multiple_of(4096),
             "expected 1 MiB to 1 GiB, a multiple of 4096",
         )?;
+        check(
+            "wal_writes_in_flight",
+            u64::from(c.wal_writes_in_flight),
+            (1..=8).contains(&c.wal_writes_in_flight),
+            "expected 1 to 8",
+        )?;
         if c.wal_segment_bytes < 2 * c.max_transaction_bytes {
             return Err(ConfigError::Invalid {
                 key: "wal_segment_bytes",
@@ -214,6 +223,7 @@ impl ServerConfig {
             ..StoreConfig::default()
         };
         store.wal.segment_bytes = self.wal_segment_bytes;
+        store.wal.writes_in_flight = self.wal_writes_in_flight as usize;
         store.wal.max_record_bytes = store
             .wal
             .max_record_bytes

@@ -25,7 +25,7 @@ use tc_protocol::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
@@ -324,8 +324,18 @@ impl Server {
                 tonic::transport::Server::builder()
                     .http2_keepalive_interval(Some(Duration::from_secs(10)))
                     .tcp_nodelay(true)
+                    // One stream carries a whole session: the default 64 KiB
+                    // flow-control window would throttle it.
+                    .initial_stream_window_size(Some(8 << 20))
+                    .initial_connection_window_size(Some(8 << 20))
                     .add_service(service)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal),
+                    .serve_with_incoming_shutdown(
+                        // Nagle off on every accepted socket: small replies
+                        // must not wait for the peer's delayed ACK.
+                        tonic::transport::server::TcpIncoming::from(self.listener)
+                            .with_nodelay(Some(true)),
+                        signal,
+                    ),
             );
         serve.await?;
         session::wait_all_ended(&shared, Duration::from_secs(30)).await;

@@ -513,6 +513,25 @@ fn handle_message(
             let lsn = committed?;
             Ok(Some(Out::Released(Released { lsn })))
         })),
+        // Without a transaction the wait takes effect in stream order, so
+        // a later request of this session (another thread taking the lock
+        // the waiter gave up) is seen after it.
+        In::Wait(wait) if wait.transaction.is_empty() => {
+            let outcome = lock_key(wait.lock).and_then(|key| {
+                start_wait(
+                    &shared,
+                    handle,
+                    request,
+                    key,
+                    wait.thread,
+                    wait.timeout_ms,
+                    0,
+                )
+            });
+            if let Err(refusal) = outcome {
+                handle.refuse(request, refusal);
+            }
+        }
         In::Wait(wait) => spawn(Box::pin(async move {
             let key = lock_key(wait.lock)?;
             if session_holds(&shared, &session, &key) != Some(LockMode::Write) {
@@ -523,34 +542,16 @@ fn handle_message(
                 }
                 .into());
             }
-            let lsn = if wait.transaction.is_empty() {
-                0
-            } else {
-                commit_and_push(&shared, &session, wait.transaction).await?
-            };
-            session
-                .wait_lsns
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(request, lsn);
-            let token = shared
-                .with_locks(|locks, effects| {
-                    locks.wait(session.id, wait.thread, key, request, effects)
-                })
-                .inspect_err(|_| {
-                    session
-                        .wait_lsns
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&request);
-                })?;
-            if wait.timeout_ms > 0 {
-                let timer_shared = shared.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_millis(wait.timeout_ms)).await;
-                    timer_shared.with_locks(|locks, effects| locks.wait_timed_out(token, effects));
-                });
-            }
+            let lsn = commit_and_push(&shared, &session, wait.transaction).await?;
+            start_wait(
+                &shared,
+                &session,
+                request,
+                key,
+                wait.thread,
+                wait.timeout_ms,
+                lsn,
+            )?;
             // The reply (WaitDone) is a lock effect: sent at notify or timeout.
             Ok(None)
         })),
@@ -663,6 +664,34 @@ fn handle_message(
             ),
         },
     }
+}
+
+/// Puts the caller in the lock's wait set (giving the lock up) and arms
+/// its timer; `WaitDone` follows as a lock effect.
+fn start_wait(
+    shared: &Arc<Shared>,
+    session: &SessionHandle,
+    request: RequestId,
+    key: LockKey,
+    thread: u64,
+    timeout_ms: u64,
+    lsn: u64,
+) -> Result<(), Refusal> {
+    let wait_lsns = || session.wait_lsns.lock().unwrap_or_else(|p| p.into_inner());
+    wait_lsns().insert(request, lsn);
+    let token = shared
+        .with_locks(|locks, effects| locks.wait(session.id, thread, key, request, effects))
+        .inspect_err(|_| {
+            wait_lsns().remove(&request);
+        })?;
+    if timeout_ms > 0 {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(timeout_ms)).await;
+            shared.with_locks(|locks, effects| locks.wait_timed_out(token, effects));
+        });
+    }
+    Ok(())
 }
 
 fn session_holds(shared: &Shared, session: &SessionHandle, key: &LockKey) -> Option<LockMode> {

@@ -83,6 +83,11 @@ pub(crate) struct Writer {
     /// those waiting when the last write was acknowledged plus the producers
     /// of that write, who send again right away (see `gather`).
     gather_target: usize,
+    /// Upper bound of the gathering window, adapted to how fast producers
+    /// send again: halved after a gather that timed out short of its
+    /// target (producers far away, e.g. clients over a network: waiting
+    /// only delays the write), doubled after one that reached it.
+    gather_window_cap: Duration,
     poisoned: Option<WalError>,
 }
 
@@ -116,6 +121,7 @@ impl Writer {
             completions: Vec::new(),
             write_latency_avg: Duration::from_micros(100),
             gather_target: 0,
+            gather_window_cap: GATHER_WINDOW_MAX,
             poisoned: None,
         }
     }
@@ -169,7 +175,7 @@ impl Writer {
 
     /// Half a typical write: what gathering may add to a commit's latency.
     fn gather_window(&self) -> Duration {
-        (self.write_latency_avg / 2).clamp(GATHER_WINDOW_MIN, GATHER_WINDOW_MAX)
+        (self.write_latency_avg / 2).clamp(GATHER_WINDOW_MIN, self.gather_window_cap)
     }
 
     /// Group commit's weak spot: the producers of the write just
@@ -190,10 +196,12 @@ impl Writer {
             self.fill_backlog_with(Waker::noop());
             let full = self.backlog_bytes >= self.config.max_write_bytes as u64;
             if full || self.queue_closed || self.backlog.len() >= self.gather_target {
+                self.gather_window_cap = (self.gather_window_cap * 2).min(GATHER_WINDOW_MAX);
                 return;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                self.gather_window_cap = (self.gather_window_cap / 2).max(GATHER_WINDOW_MIN);
                 return;
             }
             self.reap(Wait::CompletionOrWakeup(Some(left.min(window / 4))));
