@@ -195,11 +195,11 @@ impl ServerConfig {
             (1..=8).contains(&c.wal_writes_in_flight),
             "expected 1 to 8",
         )?;
-        if c.wal_segment_bytes < 2 * c.max_transaction_bytes {
+        if c.wal_segment_bytes < 2 * u64::from(c.wal_record_bytes()) {
             return Err(ConfigError::Invalid {
                 key: "wal_segment_bytes",
                 value: c.wal_segment_bytes.to_string(),
-                expected: "expected at least twice max_transaction_bytes",
+                expected: "expected at least twice the larger of max_transaction_bytes and 1 MiB",
             });
         }
         Ok(())
@@ -213,6 +213,12 @@ impl ServerConfig {
         Duration::from_millis(self.session_timeout_ms)
     }
 
+    /// Largest WAL record: a transaction with its record header, or a store
+    /// record of up to 1 MiB (a batch of deletions).
+    fn wal_record_bytes(&self) -> u32 {
+        (self.max_transaction_bytes + 64).max(1 << 20) as u32
+    }
+
     /// The store's settings derived from these.
     pub fn store_config(&self) -> StoreConfig {
         let mut store = StoreConfig {
@@ -224,10 +230,7 @@ impl ServerConfig {
         };
         store.wal.segment_bytes = self.wal_segment_bytes;
         store.wal.writes_in_flight = self.wal_writes_in_flight as usize;
-        store.wal.max_record_bytes = store
-            .wal
-            .max_record_bytes
-            .max(self.max_transaction_bytes as u32 + 64);
+        store.wal.max_record_bytes = self.wal_record_bytes();
         store
     }
 }
