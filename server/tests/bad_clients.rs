@@ -319,3 +319,107 @@ async fn a_flood_of_requests_is_bounded() {
         .unwrap();
     good.check(&server).await;
 }
+
+/// Sends each element as one gRPC message, unchanged: bytes that need not
+/// be a valid `ClientMessage`.
+struct RawCodec;
+
+struct RawEncoder;
+
+struct ServerMessageDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ServerMessageDecoder {
+    type Item = ServerMessage;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<ServerMessage>, tonic::Status> {
+        use prost::Message;
+        ServerMessage::decode(src)
+            .map(Some)
+            .map_err(|err| tonic::Status::internal(err.to_string()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ServerMessage;
+    type Encoder = RawEncoder;
+    type Decoder = ServerMessageDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> ServerMessageDecoder {
+        ServerMessageDecoder
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_not_a_message_end_only_that_session() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let good = GoodClient::start(&server).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let hello = ClientMessage::new(
+        1,
+        In::Hello(Hello {
+            protocol_version: tc_protocol::PROTOCOL_VERSION,
+            client_id: 9,
+            client_name: "raw".into(),
+        }),
+    );
+    // A valid Hello, then a field tag with wire type 7 (there is none).
+    let messages = vec![hello.encode_to_vec(), vec![0x0f, 0xff, 0xff, 0xff]];
+    let request = tonic::Request::new(tokio_stream::iter(messages));
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/tc.v1.Tc/Session");
+    let mut inbound = grpc
+        .streaming(request, path, RawCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    match inbound.next().await {
+        Some(Ok(ServerMessage {
+            body: Some(Out::Welcome(_)),
+            ..
+        })) => {}
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+    match inbound.next().await {
+        Some(Ok(ServerMessage {
+            body: Some(Out::Error(error)),
+            ..
+        })) => {
+            assert_eq!(error.code, ErrorCode::Malformed as i32);
+            assert!(error.fatal, "{error:?}");
+            assert!(!error.message.is_empty());
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    good.check(&server).await;
+}
