@@ -2,14 +2,17 @@
 //!
 //! Owns: per lock, a local gate (a fair read/write lock) that the threads
 //! of this process pass before the server is involved, the record of what
-//! the session holds at the server (mode, greedy, recalled), and local
+//! the session holds at the server (mode, greedy), and local
 //! reentrancy per thread.
 //! Invariants: a thread talks to the server about a lock only while it
 //! holds that lock's gate and `server_op`, so the server never sees two
 //! threads of this session race on one lock; the session's server hold is
 //! released only when no local thread holds the gate (`Recall` takes the
-//! gate in write mode first); the changes made under a lock are committed
-//! before the lock is given up (with the release, or before a wait).
+//! gate in write mode first); under a greedy hold a thread's commit is put
+//! on the stream before the next local thread gets the gate (the server
+//! logs a session's commits in stream order) and the hold goes back to
+//! the server, or into a wait, only after every such commit is
+//! acknowledged (`settle`), so the next holder elsewhere sees them all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -56,7 +59,6 @@ struct State {
     server: Option<(LockMode, bool)>,
     /// The thread id the server knows the hold by.
     server_thread: u64,
-    recalled: bool,
     holders: HashMap<u64, Holder>,
 }
 
@@ -64,6 +66,24 @@ struct LocalLock {
     gate: Arc<RwLock<()>>,
     server_op: tokio::sync::Mutex<()>,
     state: Mutex<State>,
+    /// Commits made under a greedy hold that were sent but not yet
+    /// acknowledged: the hold goes back to the server only once they are.
+    unacked: std::sync::atomic::AtomicUsize,
+    acked: tokio::sync::Notify,
+}
+
+impl LocalLock {
+    /// Waits until every commit sent under this lock is acknowledged.
+    async fn settle(&self) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let acked = self.acked.notified();
+            if self.unacked.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            acked.await;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -86,16 +106,18 @@ impl LocalLocks {
                     gate: Arc::new(RwLock::new(())),
                     server_op: tokio::sync::Mutex::new(()),
                     state: Mutex::default(),
+                    unacked: std::sync::atomic::AtomicUsize::new(0),
+                    acked: tokio::sync::Notify::new(),
                 })
             })
             .clone()
     }
 
-    /// The server wants a greedy hold back: once no local thread holds
-    /// the lock, release it.
+    /// The server wants a greedy hold back: take the gate in write mode
+    /// (after the local threads already queued for it, so a recall is fair
+    /// to both sides), wait for the commits sent under the hold, release.
     pub(crate) fn recalled(&self, inner: &Arc<Inner>, key: LockKey) {
         let local = self.get(&key);
-        lock(&local.state).recalled = true;
         let inner = inner.clone();
         tokio::spawn(async move {
             let _gate = local.gate.clone().write_owned().await;
@@ -105,15 +127,20 @@ impl LocalLocks {
                 (state.server, state.server_thread)
             };
             if server.is_some_and(|(_, greedy)| greedy) {
+                local.settle().await;
                 if let Err(err) = release_at_server(&inner, &key, thread, Bytes::new()).await {
                     warn!(?key, %err, "releasing a recalled lock failed");
                 }
-                let mut state = lock(&local.state);
-                state.server = None;
-                state.recalled = false;
+                lock(&local.state).server = None;
             }
         });
     }
+}
+
+fn commit_body(transaction: &Bytes) -> In {
+    In::Commit(tc_protocol::Commit {
+        transaction: transaction.clone(),
+    })
 }
 
 async fn release_at_server(
@@ -165,6 +192,7 @@ impl Client {
             if held.is_some() {
                 // A read hold and a writer: give it back, ask again.
                 let thread_held = lock(&local.state).server_thread;
+                local.settle().await;
                 release_at_server(&self.inner, key, thread_held, Bytes::new()).await?;
                 lock(&local.state).server = None;
             }
@@ -224,28 +252,48 @@ impl Client {
             };
         }
         let op = local.server_op.lock().await;
-        let (server, recalled, others, server_thread) = {
+        let (server, others, server_thread) = {
             let state = lock(&local.state);
-            (
-                state.server,
-                state.recalled,
-                state.holders.len() > 1,
-                state.server_thread,
-            )
+            (state.server, state.holders.len() > 1, state.server_thread)
         };
-        let keep = server.is_some_and(|(_, greedy)| greedy) && !recalled;
+        // A greedy hold stays even when recalled: the recall task queued on
+        // the gate gives it back after the threads queued before it.
+        let keep = server.is_some_and(|(_, greedy)| greedy);
+        if (keep || others) && !transaction.is_empty() {
+            // Still held here. The commit goes on the stream now (so it is
+            // ordered before anything the next holder sends) and the next
+            // local thread may go on before it is durable; this thread
+            // waits for the acknowledgement without holding the lock.
+            let reply = self.inner.start_request(commit_body(&transaction)).await;
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(err) => {
+                    drop(op);
+                    lock(&local.state).holders.remove(&thread);
+                    return Err(err);
+                }
+            };
+            self.inner.apply_sent(&transaction);
+            local
+                .unacked
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            drop(op);
+            lock(&local.state).holders.remove(&thread);
+            let acked = self.inner.await_commit(reply, &transaction).await;
+            local
+                .unacked
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            local.acked.notify_waiters();
+            return acked;
+        }
         let result = if keep || others {
             // Still held here (greedily, or by other local readers).
-            if transaction.is_empty() {
-                Ok(0)
-            } else {
-                self.commit(transaction).await
-            }
+            Ok(0)
         } else if server.is_some() {
+            local.settle().await;
             let released =
                 release_at_server(&self.inner, key, server_thread, transaction.clone()).await;
             lock(&local.state).server = None;
-            lock(&local.state).recalled = false;
             if released.is_ok() && !transaction.is_empty() {
                 self.commit_applied(&transaction, *released.as_ref().unwrap_or(&0));
             }
@@ -284,6 +332,7 @@ impl Client {
             self.commit(transaction).await?;
         }
         let op = local.server_op.lock().await;
+        local.settle().await;
         let server_thread = lock(&local.state).server_thread;
         let body = In::Wait(tc_protocol::Wait {
             lock: Some(key.to_wire()),
@@ -297,7 +346,6 @@ impl Client {
         let holder = {
             let mut state = lock(&local.state);
             state.server = None;
-            state.recalled = false;
             state.holders.remove(&thread)
         };
         drop(op);

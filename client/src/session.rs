@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tc_model::{ClassDef, ClassId, Object, ObjectId, Transaction};
+use tc_model::{ClassDef, ClassId, Dna, Object, ObjectId, Transaction};
 use tc_protocol::client_message::Body as In;
 use tc_protocol::server_message::Body as Out;
 use tc_protocol::tc_client::TcClient;
@@ -402,20 +402,24 @@ fn apply_push(id: ObjectId, cached: &mut Cached, lsn: u64, tx: &Transaction) -> 
     let Some(dna) = tx.dnas.iter().find(|dna| dna.object == id) else {
         return false;
     };
+    apply_dna(&mut cached.object, dna);
+    cached.version = lsn;
+    true
+}
+
+/// One DNA's field writes and logical operations (the server checked them;
+/// anything that does not fit this copy is skipped rather than trusted).
+fn apply_dna(object: &mut Object, dna: &Dna) {
     for (slot, value) in &dna.fields {
-        if (*slot as usize) < cached.object.len()
-            && cached.object.kind() == tc_model::ClassKind::Plain
-        {
-            cached.object.set_field(*slot, value.clone());
+        if (*slot as usize) < object.len() && object.kind() == tc_model::ClassKind::Plain {
+            object.set_field(*slot, value.clone());
         }
     }
     for op in &dna.ops {
-        if cached.object.check_op(op).is_ok() {
-            cached.object.apply(op);
+        if object.check_op(op).is_ok() {
+            object.apply(op);
         }
     }
-    cached.version = lsn;
-    true
 }
 
 impl Inner {
@@ -519,6 +523,60 @@ impl Inner {
                 self.pushes_applied.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// This client's own transaction, just sent under a lock it holds:
+    /// applied to its copies at once (the next local holder must see it),
+    /// their versions set when it is acknowledged (`await_commit`).
+    pub(crate) fn apply_sent(&self, bytes: &[u8]) {
+        let mut cache = lock(&self.cache);
+        if cache.objects.is_empty() {
+            return;
+        }
+        if let Ok(tx) = Transaction::decode(bytes) {
+            for dna in &tx.dnas {
+                if let Some(cached) = cache.objects.get_mut(&dna.object) {
+                    apply_dna(&mut cached.object, dna);
+                }
+            }
+        }
+    }
+
+    /// Waits for the reply to a commit sent with `start_request`; on
+    /// success the copies it changed (already applied by `apply_sent`) take
+    /// its LSN as their version.
+    pub(crate) async fn await_commit(
+        &self,
+        reply: oneshot::Receiver<Result<Out>>,
+        bytes: &[u8],
+    ) -> Result<u64> {
+        let lsn = match reply.await {
+            Ok(Ok(Out::Committed(committed))) => Ok(committed.lsn),
+            Ok(Ok(other)) => Err(unexpected(other)),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(ClientError::Closed(self.closed_reason())),
+        };
+        let mut cache = lock(&self.cache);
+        let Ok(lsn) = lsn else {
+            // The change applied by `apply_sent` is not the server's: forget
+            // those copies (they are fetched again when read).
+            if let Ok(tx) = Transaction::decode(bytes) {
+                for dna in &tx.dnas {
+                    cache.objects.remove(&dna.object);
+                }
+            }
+            return lsn;
+        };
+        if !cache.objects.is_empty()
+            && let Ok(tx) = Transaction::decode(bytes)
+        {
+            for dna in &tx.dnas {
+                if let Some(cached) = cache.objects.get_mut(&dna.object) {
+                    cached.version = cached.version.max(lsn);
+                }
+            }
+        }
+        Ok(lsn)
     }
 
     /// This client's own committed transaction, applied to its copies.

@@ -76,6 +76,22 @@ impl Default for StoreConfig {
     }
 }
 
+/// A transaction that has its place in the log (`Store::begin_commit`);
+/// `Store::finish_commit` waits until it is durable and applied. Dropping
+/// it does not cancel the commit.
+#[must_use = "a commit is acknowledged only once `finish_commit` returns"]
+pub struct CommitTicket {
+    lsn: Lsn,
+    pending: PendingAppend,
+}
+
+impl CommitTicket {
+    /// The transaction's LSN (known before it is durable).
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+}
+
 /// What `Store::open` found.
 #[derive(Clone, Debug, Default)]
 pub struct OpenReport {
@@ -274,11 +290,28 @@ impl Store {
     /// queue and for durability without blocking the thread. The checks and
     /// the apply take the store's locks briefly, as in `commit`.
     pub async fn commit_async(&self, tx_bytes: impl Into<Bytes>) -> Result<Lsn> {
+        let ticket = self.begin_commit(tx_bytes).await?;
+        self.finish_commit(ticket).await
+    }
+
+    /// The first half of `commit_async`: checks the transaction and gives
+    /// it its place in the log. Transactions begun one after the other (each
+    /// awaited before the next begins) are in the log in that order, so a
+    /// caller that begins them in its clients' order keeps their order
+    /// while it waits for durability concurrently. Waits only for room in
+    /// the WAL's queue.
+    pub async fn begin_commit(&self, tx_bytes: impl Into<Bytes>) -> Result<CommitTicket> {
         let (tx, bytes) = self.prepare(tx_bytes.into())?;
         let slot = self.inner.wal.reserve().await?;
-        let (lsn, ticket) = self.sequence(tx, bytes, Some(slot))?;
-        let durable = ticket.wait_async().await;
-        self.inner.finish(lsn, durable)
+        let (lsn, pending) = self.sequence(tx, bytes, Some(slot))?;
+        Ok(CommitTicket { lsn, pending })
+    }
+
+    /// The second half of `commit_async`: waits until the transaction of
+    /// `ticket` is durable and applied; returns its LSN.
+    pub async fn finish_commit(&self, ticket: CommitTicket) -> Result<Lsn> {
+        let durable = ticket.pending.wait_async().await;
+        self.inner.finish(ticket.lsn, durable)
     }
 
     /// Size check and decode; faults the changed objects in (outside the

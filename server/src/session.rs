@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tc_heap_store::{ClassDef, ObjectId, Rejection, StoreError};
+use tc_heap_store::{ClassDef, CommitTicket, ObjectId, Rejection, StoreError};
 use tc_model::Transaction;
 use tc_protocol::client_message::Body as In;
 use tc_protocol::server_message::Body as Out;
@@ -269,7 +269,7 @@ pub async fn run(
                 ));
                 break "heartbeat timeout";
             }
-            Ok(Ok(Some(message))) => handle_message(&shared, &handle, &in_flight, message),
+            Ok(Ok(Some(message))) => handle_message(&shared, &handle, &in_flight, message).await,
             Ok(Ok(None)) => break "client closed the stream",
             Ok(Err(status)) => {
                 handle.send(ServerMessage::error(
@@ -418,9 +418,17 @@ async fn handshake(
     Some(handle)
 }
 
+/// A request's work after its in-order part: its reply, none (the reply
+/// comes later, as a lock effect) or a refusal.
+type Task =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Out>, Refusal>> + Send>>;
+
 /// Answers what can be answered at once; spawns what waits on the disk,
-/// holding one of the session's in-flight permits.
-fn handle_message(
+/// holding one of the session's in-flight permits. A transaction gets its
+/// place in the log here, in stream order (`begin_commit`), so the
+/// commits of one session are in the log in the order it sent them, even
+/// while their durability is awaited concurrently.
+async fn handle_message(
     shared: &Arc<Shared>,
     handle: &Arc<SessionHandle>,
     in_flight: &Arc<Semaphore>,
@@ -433,11 +441,10 @@ fn handle_message(
             Refusal::new(ErrorCode::Malformed, "message without a body"),
         );
     };
-    let spawn = |task: std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Option<Out>, Refusal>> + Send>,
-    >| {
-        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-            return handle.refuse(
+    let permit = || {
+        let permit = in_flight.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            handle.refuse(
                 request,
                 Refusal::new(
                     ErrorCode::TooManyRequests,
@@ -447,16 +454,24 @@ fn handle_message(
                     ),
                 ),
             );
-        };
+        }
+        permit
+    };
+    let spawn_with = |permit: OwnedSemaphorePermit, task: Task| {
         let handle = handle.clone();
         tokio::spawn(async move {
-            let _permit: OwnedSemaphorePermit = permit;
+            let _permit = permit;
             match task.await {
                 Ok(Some(body)) => handle.reply(request, body),
                 Ok(None) => {}
                 Err(refusal) => handle.refuse(request, refusal),
             }
         });
+    };
+    let spawn = |task: Task| {
+        if let Some(permit) = permit() {
+            spawn_with(permit, task);
+        }
     };
     let (shared, session) = (shared.clone(), handle.clone());
     match body {
@@ -465,10 +480,19 @@ fn handle_message(
             Refusal::new(ErrorCode::Malformed, "Hello sent twice"),
         ),
         In::Heartbeat(beat) => handle.reply(0, Out::Heartbeat(beat)),
-        In::Commit(commit) => spawn(Box::pin(async move {
-            let lsn = commit_and_push(&shared, &session, commit.transaction).await?;
-            Ok(Some(Out::Committed(Committed { lsn })))
-        })),
+        In::Commit(commit) => {
+            let Some(permit) = permit() else { return };
+            match begin_commit(&shared, commit.transaction).await {
+                Ok(begun) => spawn_with(
+                    permit,
+                    Box::pin(async move {
+                        let lsn = finish_commit(&shared, &session, begun).await?;
+                        Ok(Some(Out::Committed(Committed { lsn })))
+                    }),
+                ),
+                Err(refusal) => handle.refuse(request, refusal),
+            }
+        }
         In::Lock(lock) => {
             let outcome = (|| {
                 let key = lock_key(lock.lock)?;
@@ -490,29 +514,44 @@ fn handle_message(
                 handle.refuse(request, refusal);
             }
         }
-        In::Release(release) => spawn(Box::pin(async move {
-            let key = lock_key(release.lock)?;
-            if session_holds(&shared, &session, &key).is_none() {
-                return Err(LockError::NotHeld {
-                    lock: key,
-                    session: session.id,
-                    thread: release.thread,
+        In::Release(release) => {
+            let Some(permit) = permit() else { return };
+            let key = match lock_key(release.lock) {
+                Ok(key) if session_holds(&shared, handle, &key).is_some() => key,
+                Ok(key) => {
+                    let not_held = LockError::NotHeld {
+                        lock: key,
+                        session: handle.id,
+                        thread: release.thread,
+                    };
+                    return handle.refuse(request, not_held.into());
                 }
-                .into());
-            }
-            // The lock is released even if its transaction is refused: the
-            // monitor is exited either way; the client gets the refusal.
-            let committed = if release.transaction.is_empty() {
-                Ok(0)
-            } else {
-                commit_and_push(&shared, &session, release.transaction).await
+                Err(refusal) => return handle.refuse(request, refusal),
             };
-            shared.with_locks(|locks, effects| {
-                locks.release(session.id, release.thread, key, effects)
-            })?;
-            let lsn = committed?;
-            Ok(Some(Out::Released(Released { lsn })))
-        })),
+            let begun = if release.transaction.is_empty() {
+                None
+            } else {
+                Some(begin_commit(&shared, release.transaction).await)
+            };
+            spawn_with(
+                permit,
+                Box::pin(async move {
+                    // The lock is released even if its transaction is
+                    // refused: the monitor is exited either way; the client
+                    // gets the refusal.
+                    let committed = match begun {
+                        None => Ok(0),
+                        Some(Ok(begun)) => finish_commit(&shared, &session, begun).await,
+                        Some(Err(refusal)) => Err(refusal),
+                    };
+                    shared.with_locks(|locks, effects| {
+                        locks.release(session.id, release.thread, key, effects)
+                    })?;
+                    let lsn = committed?;
+                    Ok(Some(Out::Released(Released { lsn })))
+                }),
+            );
+        }
         // Without a transaction the wait takes effect in stream order, so
         // a later request of this session (another thread taking the lock
         // the waiter gave up) is seen after it.
@@ -532,29 +571,42 @@ fn handle_message(
                 handle.refuse(request, refusal);
             }
         }
-        In::Wait(wait) => spawn(Box::pin(async move {
-            let key = lock_key(wait.lock)?;
-            if session_holds(&shared, &session, &key) != Some(LockMode::Write) {
-                return Err(LockError::NotHeld {
-                    lock: key,
-                    session: session.id,
-                    thread: wait.thread,
+        In::Wait(wait) => {
+            let Some(permit) = permit() else { return };
+            let key = match lock_key(wait.lock) {
+                Ok(key) if session_holds(&shared, handle, &key) == Some(LockMode::Write) => key,
+                Ok(key) => {
+                    let not_held = LockError::NotHeld {
+                        lock: key,
+                        session: handle.id,
+                        thread: wait.thread,
+                    };
+                    return handle.refuse(request, not_held.into());
                 }
-                .into());
-            }
-            let lsn = commit_and_push(&shared, &session, wait.transaction).await?;
-            start_wait(
-                &shared,
-                &session,
-                request,
-                key,
-                wait.thread,
-                wait.timeout_ms,
-                lsn,
-            )?;
-            // The reply (WaitDone) is a lock effect: sent at notify or timeout.
-            Ok(None)
-        })),
+                Err(refusal) => return handle.refuse(request, refusal),
+            };
+            let begun = match begin_commit(&shared, wait.transaction).await {
+                Ok(begun) => begun,
+                Err(refusal) => return handle.refuse(request, refusal),
+            };
+            spawn_with(
+                permit,
+                Box::pin(async move {
+                    let lsn = finish_commit(&shared, &session, begun).await?;
+                    start_wait(
+                        &shared,
+                        &session,
+                        request,
+                        key,
+                        wait.thread,
+                        wait.timeout_ms,
+                        lsn,
+                    )?;
+                    // The reply (WaitDone) is a lock effect: sent at notify or timeout.
+                    Ok(None)
+                }),
+            );
+        }
         In::Notify(notify) => {
             let outcome = (|| {
                 let key = lock_key(notify.lock)?;
@@ -698,16 +750,44 @@ fn session_holds(shared: &Shared, session: &SessionHandle, key: &LockKey) -> Opt
     shared.with_locks(|locks, _| locks.holds(session.id, key))
 }
 
-/// Commits a transaction, then pushes it to every other session holding
-/// one of its objects; returns its LSN. The committing session holds every
-/// object it wrote from now on.
-async fn commit_and_push(
+/// A transaction with its place in the log, not yet durable.
+struct Begun {
+    ticket: CommitTicket,
+    transaction: Bytes,
+    started: std::time::Instant,
+}
+
+/// Checks a transaction and gives it its place in the log (waiting only
+/// for room in the WAL's queue).
+async fn begin_commit(shared: &Shared, transaction: Bytes) -> Result<Begun, Refusal> {
+    let started = std::time::Instant::now();
+    match shared.store.begin_commit(transaction.clone()).await {
+        Ok(ticket) => Ok(Begun {
+            ticket,
+            transaction,
+            started,
+        }),
+        Err(err) => {
+            shared.metrics.commit_refusals.inc();
+            Err(err.into())
+        }
+    }
+}
+
+/// Waits until a begun transaction is durable and applied, then pushes it
+/// to every other session holding one of its objects; returns its LSN. The
+/// committing session holds every object it wrote from now on.
+async fn finish_commit(
     shared: &Shared,
     session: &SessionHandle,
-    transaction: Bytes,
+    begun: Begun,
 ) -> Result<u64, Refusal> {
-    let started = std::time::Instant::now();
-    let lsn = match shared.store.commit_async(transaction.clone()).await {
+    let Begun {
+        ticket,
+        transaction,
+        started,
+    } = begun;
+    let lsn = match shared.store.finish_commit(ticket).await {
         Ok(lsn) => lsn.0,
         Err(err) => {
             shared.metrics.commit_refusals.inc();

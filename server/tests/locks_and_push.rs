@@ -359,3 +359,38 @@ async fn wait_and_notify_between_threads_of_one_client_greedy_or_not() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contended_counter_loses_no_increment_across_sessions_and_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let setup = server.client(100).await;
+    let (_, id) = create_counter(&setup, "shared").await;
+    let key = LockKey::Object(id.0);
+    let mut tasks = Vec::new();
+    for session in 0..3u64 {
+        // Greedy sessions pass the lock between their threads without
+        // waiting for each commit, and give it back when recalled.
+        let client = server.client(session + 1).await;
+        for thread in 0..4u64 {
+            let (client, key) = (client.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..20 {
+                    client.lock(&key, thread, LockMode::Write).await.unwrap();
+                    let value = value_of(&client, id).await;
+                    let tx = set_value(&client, id, value + 1, LockRef::Object(id));
+                    client.unlock(&key, thread, tx).await.unwrap();
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+    }
+    let reader = server.client(200).await;
+    assert_eq!(
+        value_of(&reader, id).await,
+        3 * 4 * 20,
+        "increments were lost"
+    );
+}
