@@ -92,6 +92,8 @@ pub(crate) struct Inner {
     cache: Mutex<ObjectCache>,
     pub(crate) locks: LocalLocks,
     closed: Mutex<Option<String>>,
+    /// Signalled once when the session ends.
+    ended: tokio::sync::watch::Sender<bool>,
     pushes_applied: AtomicU64,
 }
 
@@ -169,6 +171,7 @@ impl Client {
             cache: Mutex::default(),
             locks: LocalLocks::default(),
             closed: Mutex::default(),
+            ended: tokio::sync::watch::channel(false).0,
             pushes_applied: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&inner);
@@ -226,6 +229,26 @@ impl Client {
     /// Why the session ended, if it did.
     pub fn closed_reason(&self) -> Option<String> {
         lock(&self.inner.closed).clone()
+    }
+
+    /// Resolves when the session ends (the server went away, stopped, or
+    /// closed it), with the reason: the hook for reconnecting (HA).
+    pub async fn closed(&self) -> String {
+        let mut ended = self.inner.ended.subscribe();
+        let _ = ended.wait_for(|ended| *ended).await;
+        self.inner.closed_reason()
+    }
+
+    /// A new session with the same settings and the same client id;
+    /// transaction sequence numbers go on from this one's. Objects and
+    /// locks are not carried over: the caller re-fetches what it holds and
+    /// re-takes its locks. (Resending unacknowledged transactions, and the
+    /// server deduplicating them by client id and sequence, come with HA.)
+    pub async fn reconnect(&self) -> Result<Client> {
+        let client = Client::connect(self.inner.config.clone()).await?;
+        let next = self.inner.next_seq.load(Ordering::Relaxed);
+        client.inner.next_seq.store(next, Ordering::Relaxed);
+        Ok(client)
     }
 
     /// Pushed changes applied to this client's objects so far.
@@ -471,6 +494,7 @@ impl Inner {
         for (_, reply) in lock(&self.pending).drain() {
             let _ = reply.send(Err(ClientError::Closed(reason.clone())));
         }
+        self.ended.send_replace(true);
     }
 
     /// Handles one message from the server, in stream order.

@@ -200,3 +200,67 @@ async fn sigterm_checkpoints_so_a_restart_replays_nothing() {
     assert_eq!(value_of(&client, id).await, 20);
     assert_eq!(client.root("counter").await.unwrap(), Some(ObjectId(id.0)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_learns_its_server_died_and_reconnects_with_the_same_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let addr = server.addr;
+    let client = server.client(42).await;
+    let (_, id) = create_counter(&client, "counter").await;
+    client
+        .commit(set_value(&client, id, 7, LockRef::None))
+        .await
+        .unwrap();
+    server.kill9();
+    let reason = tokio::time::timeout(DEADLINE, client.closed())
+        .await
+        .expect("closed() resolves");
+    assert!(!reason.is_empty());
+    assert!(
+        client
+            .commit(set_value(&client, id, 8, LockRef::None))
+            .await
+            .is_err()
+    );
+    // The server comes back on the same address.
+    let addr_arg = addr.to_string();
+    let dir_path = dir.path().to_path_buf();
+    let server = tokio::task::spawn_blocking(move || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tc-server"));
+        command
+            .args(["--listen", &addr_arg, "--no-metrics", "--data-dir"])
+            .arg(&dir_path)
+            .stderr(Stdio::null());
+        command.spawn().unwrap()
+    })
+    .await
+    .unwrap();
+    let server = KillOnDrop(server);
+    let deadline = Instant::now() + DEADLINE;
+    let again = loop {
+        match client.reconnect().await {
+            Ok(again) => break again,
+            Err(err) => assert!(Instant::now() < deadline, "no reconnect: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(again.client_id(), 42);
+    assert!(again.next_seq() > 2, "sequence numbers go on");
+    assert_eq!(value_of(&again, id).await, 7);
+    again
+        .commit(set_value(&again, id, 8, LockRef::None))
+        .await
+        .unwrap();
+    assert_eq!(value_of(&again, id).await, 8);
+    drop(server);
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
