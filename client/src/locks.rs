@@ -273,13 +273,13 @@ impl Client {
                     return Err(err);
                 }
             };
-            self.inner.apply_sent(&transaction);
+            let changed = self.inner.apply_sent(&transaction);
             local
                 .unacked
                 .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             drop(op);
             lock(&local.state).holders.remove(&thread);
-            let acked = self.inner.await_commit(reply, &transaction).await;
+            let acked = self.inner.await_commit(reply, &changed).await;
             local
                 .unacked
                 .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);

@@ -550,29 +550,32 @@ impl Inner {
     }
 
     /// This client's own transaction, just sent under a lock it holds:
-    /// applied to its copies at once (the next local holder must see it),
-    /// their versions set when it is acknowledged (`await_commit`).
-    pub(crate) fn apply_sent(&self, bytes: &[u8]) {
+    /// applied to its copies at once (the next local holder must see it);
+    /// returns the copies it changed, whose versions `await_commit` sets.
+    pub(crate) fn apply_sent(&self, bytes: &[u8]) -> Vec<ObjectId> {
         let mut cache = lock(&self.cache);
+        let mut changed = Vec::new();
         if cache.objects.is_empty() {
-            return;
+            return changed;
         }
         if let Ok(tx) = Transaction::decode(bytes) {
             for dna in &tx.dnas {
                 if let Some(cached) = cache.objects.get_mut(&dna.object) {
                     apply_dna(&mut cached.object, dna);
+                    changed.push(dna.object);
                 }
             }
         }
+        changed
     }
 
-    /// Waits for the reply to a commit sent with `start_request`; on
-    /// success the copies it changed (already applied by `apply_sent`) take
-    /// its LSN as their version.
+    /// Waits for the reply to a commit sent with `start_request`. The
+    /// copies `apply_sent` changed take its LSN as their version, or, if
+    /// it was refused, are forgotten (they are fetched again when read).
     pub(crate) async fn await_commit(
         &self,
         reply: oneshot::Receiver<Result<Out>>,
-        bytes: &[u8],
+        changed: &[ObjectId],
     ) -> Result<u64> {
         let lsn = match reply.await {
             Ok(Ok(Out::Committed(committed))) => Ok(committed.lsn),
@@ -581,26 +584,19 @@ impl Inner {
             Err(_) => Err(ClientError::Closed(self.closed_reason())),
         };
         let mut cache = lock(&self.cache);
-        let Ok(lsn) = lsn else {
-            // The change applied by `apply_sent` is not the server's: forget
-            // those copies (they are fetched again when read).
-            if let Ok(tx) = Transaction::decode(bytes) {
-                for dna in &tx.dnas {
-                    cache.objects.remove(&dna.object);
+        for id in changed {
+            match lsn {
+                Ok(lsn) => {
+                    if let Some(cached) = cache.objects.get_mut(id) {
+                        cached.version = cached.version.max(lsn);
+                    }
                 }
-            }
-            return lsn;
-        };
-        if !cache.objects.is_empty()
-            && let Ok(tx) = Transaction::decode(bytes)
-        {
-            for dna in &tx.dnas {
-                if let Some(cached) = cache.objects.get_mut(&dna.object) {
-                    cached.version = cached.version.max(lsn);
+                Err(_) => {
+                    cache.objects.remove(id);
                 }
             }
         }
-        Ok(lsn)
+        lsn
     }
 
     /// This client's own committed transaction, applied to its copies.

@@ -83,12 +83,18 @@ impl Default for StoreConfig {
 pub struct CommitTicket {
     lsn: Lsn,
     pending: PendingAppend,
+    objects: Vec<ObjectId>,
 }
 
 impl CommitTicket {
     /// The transaction's LSN (known before it is durable).
     pub fn lsn(&self) -> Lsn {
         self.lsn
+    }
+
+    /// The objects the transaction changes or creates, in DNA order.
+    pub fn objects(&self) -> &[ObjectId] {
+        &self.objects
     }
 }
 
@@ -302,9 +308,14 @@ impl Store {
     /// the WAL's queue.
     pub async fn begin_commit(&self, tx_bytes: impl Into<Bytes>) -> Result<CommitTicket> {
         let (tx, bytes) = self.prepare(tx_bytes.into())?;
+        let objects = tx.dnas.iter().map(|dna| dna.object).collect();
         let slot = self.inner.wal.reserve().await?;
         let (lsn, pending) = self.sequence(tx, bytes, Some(slot))?;
-        Ok(CommitTicket { lsn, pending })
+        Ok(CommitTicket {
+            lsn,
+            pending,
+            objects,
+        })
     }
 
     /// The second half of `commit_async`: waits until the transaction of

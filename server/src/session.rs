@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tc_heap_store::{ClassDef, CommitTicket, ObjectId, Rejection, StoreError};
-use tc_model::Transaction;
 use tc_protocol::client_message::Body as In;
 use tc_protocol::server_message::Body as Out;
 use tc_protocol::{
@@ -787,6 +786,7 @@ async fn finish_commit(
         transaction,
         started,
     } = begun;
+    let objects = ticket.objects().to_vec();
     let lsn = match shared.store.finish_commit(ticket).await {
         Ok(lsn) => lsn.0,
         Err(err) => {
@@ -794,13 +794,10 @@ async fn finish_commit(
             return Err(err.into());
         }
     };
-    let tx = Transaction::decode(&transaction).expect("the store accepted these bytes");
     let mut targets = Vec::new();
-    for dna in &tx.dnas {
-        session.hold(shared, dna.object);
-        shared
-            .holders
-            .holders_of(dna.object, session.id, &mut targets);
+    for &object in &objects {
+        session.hold(shared, object);
+        shared.holders.holders_of(object, session.id, &mut targets);
     }
     targets.sort_unstable();
     targets.dedup();

@@ -20,6 +20,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub dir: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
+    /// Reads the server's stderr into `log` until the server exits.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl TestServer {
@@ -45,7 +47,7 @@ impl TestServer {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (ready, serving) = mpsc::channel();
         let lines = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("serving on ").nth(1) {
                     let addr = rest
@@ -71,6 +73,7 @@ impl TestServer {
             addr,
             dir: dir.to_path_buf(),
             log,
+            reader: Some(reader),
         }
     }
 
@@ -114,8 +117,10 @@ impl TestServer {
         let deadline = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the reader thread take the last lines.
-                std::thread::sleep(Duration::from_millis(50));
+                // Its stderr is closed: the reader has every line once it ends.
+                if let Some(reader) = self.reader.take() {
+                    reader.join().expect("stderr reader");
+                }
                 return (status, self.log());
             }
             assert!(
