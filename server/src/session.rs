@@ -235,6 +235,9 @@ fn lock_mode(mode: i32) -> Result<LockMode, Refusal> {
     }
 }
 
+/// Why a session ended when the server stops (the client is told so).
+const SERVER_STOPPING: &str = "server stopping";
+
 /// Runs one session to its end, then frees what it held.
 pub async fn run(
     shared: Arc<Shared>,
@@ -253,7 +256,7 @@ pub async fn run(
         let message = tokio::select! {
             message = tokio::time::timeout(timeout, inbound.message()) => message,
             () = handle.close_signal.notified() => break "closed by the server",
-            _ = stopping.wait_for(|stop| *stop) => break "server stopping",
+            _ = stopping.wait_for(|stop| *stop) => break SERVER_STOPPING,
         };
         match message {
             Err(_) => {
@@ -295,11 +298,11 @@ pub async fn run(
         .acquire_many(shared.config.max_in_flight)
         .await
         .expect("the semaphore is never closed");
-    if end == "server stopping" {
+    if end == SERVER_STOPPING {
         handle.send(ServerMessage::error(
             0,
             ErrorCode::Unavailable,
-            "server stopping",
+            SERVER_STOPPING,
             true,
         ));
     }
