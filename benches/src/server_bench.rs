@@ -122,6 +122,10 @@ pub struct ServerRow {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
+    /// WAL records per fdatasync in the measured window (in-process tc
+    /// server only): how well group commit gathers the writers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub records_per_fsync: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_vs_redis: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,7 +140,7 @@ pub fn run(workload: TcWorkload, args: &ServerBenchArgs) -> Result<(), ServerBen
     }
     let client_runtime = runtime("clients")?;
     let tc = match args.addr {
-        Some(addr) => client_runtime.block_on(measure_tc(workload, args, addr))?,
+        Some(addr) => client_runtime.block_on(measure_tc(workload, args, addr, None))?,
         None => {
             let dir = tempfile::Builder::new()
                 .prefix("tc-bench-server")
@@ -156,6 +160,7 @@ pub fn run(workload: TcWorkload, args: &ServerBenchArgs) -> Result<(), ServerBen
             };
             let server = server_runtime.block_on(Server::bind(config))?;
             let addr = server.local_addr();
+            let store = server.shared().store.clone();
             eprintln!(
                 "tc-server in-process on {addr}, data in {}",
                 dir.path().display()
@@ -164,7 +169,7 @@ pub fn run(workload: TcWorkload, args: &ServerBenchArgs) -> Result<(), ServerBen
             let serving = server_runtime.spawn(server.run(async move {
                 let _ = stopped.await;
             }));
-            let result = client_runtime.block_on(measure_tc(workload, args, addr));
+            let result = client_runtime.block_on(measure_tc(workload, args, addr, Some(store)));
             let _ = stop.send(());
             server_runtime
                 .block_on(serving)
@@ -199,6 +204,7 @@ pub fn run(workload: TcWorkload, args: &ServerBenchArgs) -> Result<(), ServerBen
             p99_us: summary.p99_us,
             p999_us: summary.p999_us,
             max_us: summary.max_us,
+            records_per_fsync: None,
             ratio_vs_redis: None,
             ratio_vs_postgres: None,
         });
@@ -230,9 +236,18 @@ fn runtime(name: &str) -> Result<tokio::runtime::Runtime, ServerBenchError> {
 }
 
 pub fn table(rows: &[ServerRow]) -> String {
-    const HEADER: [&str; 10] = [
-        "system", "workload", "writers", "sessions", "ops/s", "p50 us", "p99 us", "p999 us",
-        "max us", "ratio",
+    const HEADER: [&str; 11] = [
+        "system",
+        "workload",
+        "writers",
+        "sessions",
+        "ops/s",
+        "p50 us",
+        "p99 us",
+        "p999 us",
+        "max us",
+        "rec/fsync",
+        "ratio",
     ];
     let ratio = |row: &ServerRow| {
         let mut parts = Vec::new();
@@ -257,6 +272,8 @@ pub fn table(rows: &[ServerRow]) -> String {
                 row.p99_us.to_string(),
                 row.p999_us.to_string(),
                 row.max_us.to_string(),
+                row.records_per_fsync
+                    .map_or_else(|| "-".to_string(), |r| format!("{r:.1}")),
                 ratio(row),
             ]
         })
@@ -337,6 +354,7 @@ async fn measure_tc(
     workload: TcWorkload,
     args: &ServerBenchArgs,
     addr: SocketAddr,
+    in_process_store: Option<Arc<tc_heap_store::Store>>,
 ) -> Result<ServerRow, ServerBenchError> {
     let setup = connect(args, addr).await?;
     let objects = match workload {
@@ -416,6 +434,16 @@ async fn measure_tc(
             }
         }));
     }
+    let mut records_per_fsync = None;
+    if let Some(store) = in_process_store {
+        tokio::time::sleep_until(window_start.into()).await;
+        let before = store.stats().wal;
+        tokio::time::sleep_until(window_end.into()).await;
+        let after = store.stats().wal;
+        let syncs = after.syncs - before.syncs;
+        records_per_fsync =
+            (syncs > 0).then(|| (after.records - before.records) as f64 / syncs as f64);
+    }
     let mut ops = 0;
     let mut latency = report::latency_histogram();
     for task in tasks {
@@ -457,6 +485,7 @@ async fn measure_tc(
         p99_us: summary.p99_us,
         p999_us: summary.p999_us,
         max_us: summary.max_us,
+        records_per_fsync,
         ratio_vs_redis: None,
         ratio_vs_postgres: None,
     })

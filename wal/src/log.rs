@@ -314,6 +314,7 @@ impl Wal {
             config.backend,
             config.write_buffer_bytes(),
             config.writes_in_flight,
+            config.segment_bytes,
         )
         .map_err(|e| WalError::io("setting up io_uring for", &dir, e))?;
         let backend = device.backend();
@@ -322,7 +323,11 @@ impl Wal {
                 "WAL {}: io_uring unavailable ({reason}); using pwrite + fdatasync",
                 dir.display()
             ),
-            None => tracing::info!("WAL {}: backend {backend}", dir.display()),
+            None => tracing::info!(
+                "WAL {}: backend {backend}, {}",
+                dir.display(),
+                device.write_method()
+            ),
         }
         let end = active.next_lsn();
         let shared = Arc::new(Shared {

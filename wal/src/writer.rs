@@ -387,6 +387,7 @@ impl Writer {
                 return Err(err);
             }
         };
+        self.device.forget_tail();
         self.shared.push_segment(SegmentInfo {
             first_lsn: header.first_lsn,
             path: path.clone(),
