@@ -13,8 +13,9 @@
 //! - portable: `pwrite` + `fdatasync` done inside `submit`; one write at a
 //!   time; the writer sleeps in `ppoll`/`read` on the wake-up eventfd.
 //!
-//! The io_uring writer sleeps in `io_uring_enter`, woken by a completion, a
-//! timeout, or a read armed on the wake-up eventfd.
+//! With a write in flight the io_uring writer sleeps in `io_uring_enter`
+//! (woken by the completion or a timeout); with nothing in flight, both
+//! backends sleep on the wake-up eventfd that a producer's send signals.
 //!
 //! Owns: the ring, one buffer per slot (allocated once, registered with the
 //! ring, never grown past its capacity), the direct-write staging buffer and
@@ -95,9 +96,10 @@ pub enum BackendChoice {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Wait {
     No,
-    /// Until a write finishes or a producer sends (wake-up eventfd), or the
-    /// duration passes.
-    CompletionOrWakeup(Option<std::time::Duration>),
+    /// With nothing in flight: until a producer sends (wake-up eventfd) or
+    /// the duration passes. Both backends sleep in ppoll/read on the
+    /// eventfd: a plain wake-up, cheaper than a read armed on the ring.
+    Wakeup(Option<std::time::Duration>),
     /// Until a write finishes or the duration passes; sends do not wake.
     CompletionOrTimeout(std::time::Duration),
     /// Until a write finishes.
@@ -116,8 +118,7 @@ pub(crate) struct WakeFd(OwnedFd);
 
 impl WakeFd {
     fn new() -> io::Result<WakeFd> {
-        // Blocking on purpose: the portable writer sleeps in read(2), and
-        // io_uring polls a blocking eventfd instead of failing with EAGAIN.
+        // Blocking on purpose: the writer sleeps in read(2) on it.
         // SAFETY: eventfd has no memory arguments; we own the returned fd.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -179,7 +180,6 @@ impl Wake for WakeFd {
     }
 }
 
-const TAG_WAKE: u64 = u64::MAX;
 const TAG_SYNC_BIT: u64 = 1;
 
 /// State of one in-flight io_uring write.
@@ -267,9 +267,6 @@ struct Uring {
     /// `O_DIRECT`.
     direct: Option<Direct>,
     slots: Vec<Option<SlotIo>>,
-    wake_armed: bool,
-    /// Target of the armed eventfd read; boxed so its address is stable.
-    wake_buffer: Box<u64>,
 }
 
 pub(crate) struct Device {
@@ -342,8 +339,6 @@ impl Device {
                 registered,
                 direct,
                 slots: (0..depth).map(|_| None).collect(),
-                wake_armed: false,
-                wake_buffer: Box::new(0),
             });
         }
         Ok((device, fallback))
@@ -457,16 +452,18 @@ impl Device {
         if self.done.is_empty() {
             match (self.uring.as_mut(), wait) {
                 (_, Wait::No) => {}
-                (None, Wait::CompletionOrWakeup(timeout)) => self.wake.wait(timeout)?,
+                (None, Wait::Wakeup(timeout)) => self.wake.wait(timeout)?,
                 // One write at a time, finished inside `submit`: nothing to wait for.
                 (None, Wait::CompletionOrTimeout(_) | Wait::Completion) => {}
-                (Some(uring), Wait::CompletionOrWakeup(timeout)) => {
-                    uring.wait(Some(&self.wake), timeout)?
+                (Some(uring), Wait::Wakeup(timeout)) => {
+                    assert!(
+                        uring.slots.iter().all(Option::is_none),
+                        "Wait::Wakeup with a write in flight"
+                    );
+                    self.wake.wait(timeout)?
                 }
-                (Some(uring), Wait::CompletionOrTimeout(timeout)) => {
-                    uring.wait(None, Some(timeout))?
-                }
-                (Some(uring), Wait::Completion) => uring.wait(None, None)?,
+                (Some(uring), Wait::CompletionOrTimeout(timeout)) => uring.wait(Some(timeout))?,
+                (Some(uring), Wait::Completion) => uring.wait(None)?,
             }
         }
         if let Some(uring) = self.uring.as_mut() {
@@ -625,33 +622,8 @@ impl Uring {
         Ok(())
     }
 
-    /// Sleeps until any completion: with `wake`, a read armed on the wake-up
-    /// eventfd counts; with `timeout`, gives up after it.
-    fn wait(
-        &mut self,
-        wake: Option<&WakeFd>,
-        timeout: Option<std::time::Duration>,
-    ) -> io::Result<()> {
-        if let Some(wake) = wake
-            && !self.wake_armed
-        {
-            let read = opcode::Read::new(
-                types::Fd(wake.raw()),
-                (&raw mut *self.wake_buffer).cast(),
-                8,
-            )
-            .build()
-            .user_data(TAG_WAKE);
-            // SAFETY: `wake_buffer` is boxed and lives as long as the ring;
-            // the eventfd lives as long as the device.
-            unsafe {
-                self.ring
-                    .submission()
-                    .push(&read)
-                    .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-            }
-            self.wake_armed = true;
-        }
+    /// Sleeps until any completion, or gives up after `timeout`.
+    fn wait(&mut self, timeout: Option<std::time::Duration>) -> io::Result<()> {
         loop {
             let entered = match timeout {
                 None => self.ring.submit_and_wait(1),
@@ -678,10 +650,6 @@ impl Uring {
             .map(|c| (c.user_data(), c.result()))
             .collect();
         for (tag, res) in cqes {
-            if tag == TAG_WAKE {
-                self.wake_armed = false;
-                continue;
-            }
             let slot = (tag >> 1) as usize;
             let Some(io) = self.slots[slot].as_mut() else {
                 continue;

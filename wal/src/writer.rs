@@ -165,7 +165,7 @@ impl Writer {
     /// - No slot free: until a write finishes.
     fn next_wait(&self) -> Wait {
         if self.in_flight.is_empty() {
-            Wait::CompletionOrWakeup(None)
+            Wait::Wakeup(None)
         } else if self.device.has_free_slot() && self.poisoned.is_none() {
             Wait::CompletionOrTimeout(self.gather_window())
         } else {
@@ -204,7 +204,7 @@ impl Writer {
                 self.gather_window_cap = (self.gather_window_cap / 2).max(GATHER_WINDOW_MIN);
                 return;
             }
-            self.reap(Wait::CompletionOrWakeup(Some(left.min(window / 4))));
+            self.reap(Wait::Wakeup(Some(left.min(window / 4))));
         }
     }
 
