@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tc_heap_store::{ClassDef, CommitTicket, ObjectId, Rejection, StoreError};
 use tc_protocol::client_message::Body as In;
 use tc_protocol::server_message::Body as Out;
@@ -110,6 +112,15 @@ impl SessionHandle {
 
     fn reply(&self, request: u64, body: Out) {
         self.send(ServerMessage::new(request, body));
+    }
+
+    /// Sends a finished request's reply or refusal (no reply: nothing).
+    fn answer(&self, request: u64, outcome: Result<Option<Out>, Refusal>) {
+        match outcome {
+            Ok(Some(body)) => self.reply(request, body),
+            Ok(None) => {}
+            Err(refusal) => self.refuse(request, refusal),
+        }
     }
 
     fn refuse(&self, request: u64, refusal: Refusal) {
@@ -250,14 +261,21 @@ pub async fn run(
         return;
     };
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight as usize));
+    let mut commits = Commits::new();
     let mut stopping = shared.stopping();
     let timeout = shared.config.session_timeout();
+    let mut deadline = tokio::time::Instant::now() + timeout;
     let end = loop {
         let message = tokio::select! {
-            message = tokio::time::timeout(timeout, inbound.message()) => message,
+            Some((request, outcome)) = commits.next(), if !commits.is_empty() => {
+                handle.answer(request, outcome);
+                continue;
+            }
+            message = tokio::time::timeout_at(deadline, inbound.message()) => message,
             () = handle.close_signal.notified() => break "closed by the server",
             _ = stopping.wait_for(|stop| *stop) => break SERVER_STOPPING,
         };
+        deadline = tokio::time::Instant::now() + timeout;
         match message {
             Err(_) => {
                 handle.send(ServerMessage::error(
@@ -271,7 +289,9 @@ pub async fn run(
                 ));
                 break "heartbeat timeout";
             }
-            Ok(Ok(Some(message))) => handle_message(&shared, &handle, &in_flight, message).await,
+            Ok(Ok(Some(message))) => {
+                handle_message(&shared, &handle, &in_flight, &mut commits, message).await
+            }
             Ok(Ok(None)) => break "client closed the stream",
             Ok(Err(status)) => {
                 handle.send(ServerMessage::error(
@@ -294,6 +314,9 @@ pub async fn run(
         "session ending"
     );
     // Requests already accepted finish (their commits are acknowledged).
+    while let Some((request, outcome)) = commits.next().await {
+        handle.answer(request, outcome);
+    }
     let _all = in_flight
         .acquire_many(shared.config.max_in_flight)
         .await
@@ -425,6 +448,15 @@ async fn handshake(
 type Task =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Out>, Refusal>> + Send>>;
 
+/// A session's commits waiting to be durable, driven by the session task
+/// itself rather than a task each: when one WAL write makes many commits
+/// durable, each session wakes once and acknowledges all of its own.
+type Commits = FuturesUnordered<
+    std::pin::Pin<
+        Box<dyn std::future::Future<Output = (u64, Result<Option<Out>, Refusal>)> + Send>,
+    >,
+>;
+
 /// Answers what can be answered at once; spawns what waits on the disk,
 /// holding one of the session's in-flight permits. A transaction gets its
 /// place in the log here, in stream order (`begin_commit`), so the
@@ -434,6 +466,7 @@ async fn handle_message(
     shared: &Arc<Shared>,
     handle: &Arc<SessionHandle>,
     in_flight: &Arc<Semaphore>,
+    commits: &mut Commits,
     message: ClientMessage,
 ) {
     let request = message.request;
@@ -463,11 +496,7 @@ async fn handle_message(
         let handle = handle.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match task.await {
-                Ok(Some(body)) => handle.reply(request, body),
-                Ok(None) => {}
-                Err(refusal) => handle.refuse(request, refusal),
-            }
+            handle.answer(request, task.await);
         });
     };
     let spawn = |task: Task| {
@@ -485,13 +514,12 @@ async fn handle_message(
         In::Commit(commit) => {
             let Some(permit) = permit() else { return };
             match begin_commit(&shared, commit.transaction).await {
-                Ok(begun) => spawn_with(
-                    permit,
-                    Box::pin(async move {
-                        let lsn = finish_commit(&shared, &session, begun).await?;
-                        Ok(Some(Out::Committed(Committed { lsn })))
-                    }),
-                ),
+                Ok(begun) => commits.push(Box::pin(async move {
+                    let _permit = permit;
+                    let committed = finish_commit(&shared, &session, begun).await;
+                    let outcome = committed.map(|lsn| Some(Out::Committed(Committed { lsn })));
+                    (request, outcome)
+                })),
                 Err(refusal) => handle.refuse(request, refusal),
             }
         }
