@@ -13,7 +13,7 @@
 //! at LSN `l` is applied to an object only if `l` is newer than the
 //! object's version (which makes replay exactly-once).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use indexmap::IndexMap;
@@ -79,8 +79,11 @@ pub(crate) struct Heap {
     pub applied_end: Lsn,
     /// Image bytes referenced by the table, per data segment.
     pub live_bytes: HashMap<u32, u64>,
-    cache: IndexMap<ObjectId, Cached>,
-    dirty: HashSet<ObjectId>,
+    /// Keyed by dense ids from our own allocator, so a fast non-keyed hash
+    /// (foldhash) is safe: nobody outside chooses the keys' distribution
+    /// beyond asking for ids.
+    cache: IndexMap<ObjectId, Cached, foldhash::fast::RandomState>,
+    dirty: foldhash::HashSet<ObjectId>,
     clock_hand: usize,
     inserted_since_eviction: usize,
     cached_bytes: usize,
@@ -120,8 +123,11 @@ fn approx_bytes(object: &Object) -> usize {
 enum Found {
     Missing,
     Deleted(Lsn),
-    /// In the cache now, at this version.
-    Present(Lsn),
+    /// In the cache now, at this version and this index of `cache`.
+    Present {
+        version: Lsn,
+        index: usize,
+    },
 }
 
 impl Heap {
@@ -134,8 +140,8 @@ impl Heap {
             next_id: 1,
             applied_end: Lsn(0),
             live_bytes: HashMap::new(),
-            cache: IndexMap::new(),
-            dirty: HashSet::new(),
+            cache: IndexMap::default(),
+            dirty: foldhash::HashSet::default(),
             clock_hand: 0,
             inserted_since_eviction: 0,
             cached_bytes: 0,
@@ -162,7 +168,7 @@ impl Heap {
     /// The current state of `id`, faulting it in if needed.
     pub fn get(&mut self, id: ObjectId) -> Result<Option<Snapshot>> {
         let found = match self.find(id)? {
-            Found::Present(_) => self.cache.get(&id).map(|c| Snapshot {
+            Found::Present { index, .. } => self.cache.get_index(index).map(|(_, c)| Snapshot {
                 object: Arc::clone(&c.object),
                 version: c.version,
             }),
@@ -173,24 +179,31 @@ impl Heap {
     }
 
     fn find(&mut self, id: ObjectId) -> Result<Found> {
-        if self.cache.contains_key(&id) {
-            self.stats.hits += 1;
-        } else {
-            self.stats.misses += 1;
-            match self.table.get(id)? {
-                None => return Ok(Found::Missing),
-                Some(entry) if entry.flags & ENTRY_DELETED != 0 => {
-                    return Ok(Found::Deleted(entry.version));
-                }
-                Some(entry) => {
-                    let object = self.read_image(id, &entry)?;
-                    self.insert(id, object, entry.version, false);
+        let index = match self.cache.get_index_of(&id) {
+            Some(index) => {
+                self.stats.hits += 1;
+                index
+            }
+            None => {
+                self.stats.misses += 1;
+                match self.table.get(id)? {
+                    None => return Ok(Found::Missing),
+                    Some(entry) if entry.flags & ENTRY_DELETED != 0 => {
+                        return Ok(Found::Deleted(entry.version));
+                    }
+                    Some(entry) => {
+                        let object = self.read_image(id, &entry)?;
+                        self.insert(id, object, entry.version, false)
+                    }
                 }
             }
-        }
-        let cached = self.cache.get_mut(&id).expect("present or just inserted");
+        };
+        let (_, cached) = self.cache.get_index_mut(index).expect("index just found");
         cached.recently_used = true;
-        Ok(Found::Present(cached.version))
+        Ok(Found::Present {
+            version: cached.version,
+            index,
+        })
     }
 
     /// Reads and checks the image a table entry points at.
@@ -227,14 +240,15 @@ impl Heap {
         Ok(object)
     }
 
-    fn insert(&mut self, id: ObjectId, object: Object, version: Lsn, dirty: bool) {
+    /// Caches `id` (not cached yet) and returns its index in `cache`.
+    fn insert(&mut self, id: ObjectId, object: Object, version: Lsn, dirty: bool) -> usize {
         self.inserted_since_eviction += 1;
         let bytes = approx_bytes(&object);
         self.cached_bytes += bytes;
         if dirty {
             self.dirty.insert(id);
         }
-        let old = self.cache.insert(
+        let (index, old) = self.cache.insert_full(
             id,
             Cached {
                 object: Arc::new(object),
@@ -245,6 +259,7 @@ impl Heap {
             },
         );
         assert!(old.is_none(), "{id} inserted into the cache twice");
+        index
     }
 
     /// Evicts clean objects (clock order) until the cache fits its budget
@@ -344,8 +359,10 @@ impl Heap {
 
     fn apply_dna(&mut self, lsn: Lsn, dna: &Dna) -> Result<(), ApplyError> {
         let id = dna.object;
-        match (self.find(id).map_err(ApplyError::Damaged)?, dna.new_class) {
-            (Found::Deleted(version), _) | (Found::Present(version), _) if version >= lsn => {
+        let index = match (self.find(id).map_err(ApplyError::Damaged)?, dna.new_class) {
+            (Found::Deleted(version), _) | (Found::Present { version, .. }, _)
+                if version >= lsn =>
+            {
                 return Ok(());
             }
             (Found::Missing, Some(class)) => {
@@ -353,18 +370,23 @@ impl Heap {
                     .class(class)
                     .ok_or_else(|| mismatch(format!("{id} created with unknown {class}")))?;
                 let object = Object::new(class, def);
-                self.insert(id, object, lsn, true);
+                self.insert(id, object, lsn, true)
             }
-            (Found::Present(_), None) => {}
+            (Found::Present { index, .. }, None) => index,
             (Found::Missing, None) => {
                 return Err(mismatch(format!("change to {id}, which does not exist")));
             }
             (Found::Deleted(at), _) => {
                 return Err(mismatch(format!("change to {id}, deleted at {at}")));
             }
-            (Found::Present(_), Some(_)) => return Err(mismatch(format!("{id} created twice"))),
-        }
-        let cached = self.cache.get_mut(&id).expect("present or just inserted");
+            (Found::Present { .. }, Some(_)) => {
+                return Err(mismatch(format!("{id} created twice")));
+            }
+        };
+        let (_, cached) = self
+            .cache
+            .get_index_mut(index)
+            .expect("present or just inserted");
         let class = cached.object.class;
         let def = match (class.0 as usize)
             .checked_sub(1)
@@ -395,11 +417,13 @@ impl Heap {
         }
         cached.version = lsn;
         cached.recently_used = true;
-        cached.dirty = true;
+        let newly_dirty = !std::mem::replace(&mut cached.dirty, true);
         let bytes = approx_bytes(&cached.object);
         let old_bytes = std::mem::replace(&mut cached.bytes, bytes);
         self.cached_bytes = self.cached_bytes - old_bytes + bytes;
-        self.dirty.insert(id);
+        if newly_dirty {
+            self.dirty.insert(id);
+        }
         Ok(())
     }
 

@@ -136,6 +136,7 @@ impl Transaction {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Transaction, DecodeError> {
+        use foldhash::HashSetExt;
         let mut r = Reader::new(bytes);
         let version = r.u8("format version")?;
         if version != TX_FORMAT_VERSION {
@@ -172,7 +173,7 @@ impl Transaction {
         }
         let dna_count = r.count(4, "DNA count")?;
         let mut dnas: Vec<Dna> = Vec::with_capacity(dna_count);
-        let mut seen = std::collections::HashSet::with_capacity(dna_count);
+        let mut seen = foldhash::HashSet::with_capacity(dna_count);
         for _ in 0..dna_count {
             let at = r.position();
             let object = object_id(&mut r, "DNA object")?;
