@@ -502,6 +502,17 @@ impl Uring {
             return Ok(true);
         }
         direct.tail = None;
+        if let Some(align) = direct_io_alignment(fd)
+            && !align.fits(DIRECT_BLOCK as u32)
+        {
+            tracing::warn!(
+                "WAL: the file system takes O_DIRECT writes aligned to {} B in the file and {} B in memory (0: not at all), not 4 KiB blocks; writing through the page cache + fdatasync",
+                align.offset,
+                align.memory
+            );
+            self.direct = None;
+            return Ok(false);
+        }
         // A buffered read: the file is not O_DIRECT yet (a new file), or is
         // switched back for the read (a write that failed and was retried).
         set_o_direct(fd, false)?;
@@ -719,6 +730,45 @@ fn direct_write_len(offset: u64, frames: usize) -> usize {
     (head + frames).next_multiple_of(DIRECT_BLOCK)
 }
 
+/// What `O_DIRECT` needs of a file's writes, as the kernel reports it.
+#[derive(Clone, Copy, Debug)]
+struct DirectAlignment {
+    /// File offsets and lengths must be multiples of this (0: no O_DIRECT).
+    offset: u32,
+    /// Buffer addresses must be multiples of this.
+    memory: u32,
+}
+
+impl DirectAlignment {
+    /// Whether writes of whole `block`s from a `block`-aligned buffer are
+    /// allowed (alignments are powers of two).
+    fn fits(self, block: u32) -> bool {
+        (1..=block).contains(&self.offset) && (1..=block).contains(&self.memory)
+    }
+}
+
+/// The file's O_DIRECT alignment (`statx` `STATX_DIOALIGN`, Linux 6.1+);
+/// None if the kernel does not say, and then `fcntl` is the test.
+fn direct_io_alignment(fd: RawFd) -> Option<DirectAlignment> {
+    // SAFETY: statx is plain data; all-zero is a valid value.
+    let mut stat: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an empty path with AT_EMPTY_PATH names `fd` itself; `stat`
+    // is a valid, writable statx.
+    let result = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &raw mut stat,
+        )
+    };
+    (result == 0 && stat.stx_mask & libc::STATX_DIOALIGN != 0).then_some(DirectAlignment {
+        offset: stat.stx_dio_offset_align,
+        memory: stat.stx_dio_mem_align,
+    })
+}
+
 /// Sets or clears `O_DIRECT` on an open file.
 fn set_o_direct(fd: RawFd, on: bool) -> io::Result<()> {
     // SAFETY: F_GETFL/F_SETFL take and return plain integers.
@@ -738,4 +788,50 @@ fn set_o_direct(fd: RawFd, on: bool) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alignment_fits_only_whole_blocks_it_divides() {
+        let fits = |offset, memory| DirectAlignment { offset, memory }.fits(4096);
+        assert!(fits(512, 512));
+        assert!(fits(4096, 4096));
+        assert!(!fits(0, 0), "0 means no O_DIRECT");
+        assert!(!fits(8192, 512), "8 KiB blocks do not fit 4 KiB writes");
+        assert!(!fits(512, 8192));
+    }
+
+    /// Where the kernel reports an alignment that fits, a direct write of
+    /// one block from an aligned buffer must work (and the bytes be there).
+    #[test]
+    fn a_reported_alignment_that_fits_allows_a_direct_block_write() {
+        for dir in [std::env::temp_dir(), std::path::PathBuf::from("/dev/shm")] {
+            let Ok(file) = tempfile::tempfile_in(&dir) else {
+                continue;
+            };
+            file.set_len(2 * DIRECT_BLOCK as u64).expect("set_len");
+            let fd = file.as_raw_fd();
+            let Some(align) = direct_io_alignment(fd) else {
+                continue; // kernel before 6.1: fcntl decides at run time
+            };
+            if !align.fits(DIRECT_BLOCK as u32) {
+                continue;
+            }
+            set_o_direct(fd, true).expect("O_DIRECT where statx says it works");
+            let mut block = AlignedBuf::zeroed(DIRECT_BLOCK);
+            block.as_mut_slice().fill(0xA5);
+            let written = file
+                .write_at(block.as_mut_slice(), DIRECT_BLOCK as u64)
+                .expect("direct write");
+            assert_eq!(written, DIRECT_BLOCK, "{}", dir.display());
+            set_o_direct(fd, false).expect("clear O_DIRECT");
+            let mut back = vec![0u8; DIRECT_BLOCK];
+            file.read_exact_at(&mut back, DIRECT_BLOCK as u64)
+                .expect("read back");
+            assert!(back.iter().all(|&b| b == 0xA5), "{}", dir.display());
+        }
+    }
 }
