@@ -13,6 +13,9 @@
 //! logs a session's commits in stream order) and the hold goes back to
 //! the server, or into a wait, only after every such commit is
 //! acknowledged (`settle`), so the next holder elsewhere sees them all.
+//! A lock's local state lives only while it is in use or held at the
+//! server: an application that locks millions of objects once each keeps
+//! no state for them (`forget_if_idle`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -113,6 +116,40 @@ impl LocalLocks {
             .clone()
     }
 
+    /// The local state of `key`, if there is any.
+    fn find(&self, key: &LockKey) -> Option<Arc<LocalLock>> {
+        lock(&self.locks).get(key).cloned()
+    }
+
+    /// Drops `key`'s local state if it is idle: no local holder, no hold at
+    /// the server, no unacknowledged commit, and no other reference (a
+    /// thread queued on the gate or in an operation holds one). Checked
+    /// under the map's mutex, which `get` takes too, so nobody can pick the
+    /// state up while it goes; a later `get` starts afresh.
+    fn forget_if_idle(&self, key: &LockKey, local: Arc<LocalLock>) {
+        use std::sync::atomic::Ordering;
+        let mut locks = lock(&self.locks);
+        let idle = {
+            let state = lock(&local.state);
+            state.server.is_none() && state.holders.is_empty()
+        } && local.unacked.load(Ordering::Acquire) == 0;
+        // Two references: the map's and `local`.
+        if idle
+            && Arc::strong_count(&local) == 2
+            && locks
+                .get(key)
+                .is_some_and(|mapped| Arc::ptr_eq(mapped, &local))
+        {
+            locks.remove(key);
+        }
+    }
+
+    /// How many locks have local state (held here or at the server, or in
+    /// use by a thread).
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.locks).len()
+    }
+
     /// The server wants a greedy hold back: take the gate in write mode
     /// (after the local threads already queued for it, so a recall is fair
     /// to both sides), wait for the commits sent under the hold, release.
@@ -120,8 +157,8 @@ impl LocalLocks {
         let local = self.get(&key);
         let inner = inner.clone();
         tokio::spawn(async move {
-            let _gate = local.gate.clone().write_owned().await;
-            let _op = local.server_op.lock().await;
+            let gate = local.gate.clone().write_owned().await;
+            let op = local.server_op.lock().await;
             let (server, thread) = {
                 let state = lock(&local.state);
                 (state.server, state.server_thread)
@@ -133,6 +170,8 @@ impl LocalLocks {
                 }
                 lock(&local.state).server = None;
             }
+            drop((op, gate));
+            inner.locks.forget_if_idle(&key, local);
         });
     }
 }
@@ -284,6 +323,7 @@ impl Client {
                 .unacked
                 .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
             local.acked.notify_waiters();
+            self.inner.locks.forget_if_idle(key, local);
             return acked;
         }
         let result = if keep || others {
@@ -305,6 +345,7 @@ impl Client {
         };
         drop(op);
         lock(&local.state).holders.remove(&thread);
+        self.inner.locks.forget_if_idle(key, local);
         result
     }
 
@@ -392,6 +433,14 @@ impl Client {
 
     /// Whether this session holds `key` at the server (greedily or not).
     pub fn holds_at_server(&self, key: &LockKey) -> Option<(LockMode, bool)> {
-        lock(&self.inner.locks.get(key).state).server
+        let local = self.inner.locks.find(key)?;
+        lock(&local.state).server
+    }
+
+    /// How many locks this client keeps local state for: those a thread
+    /// holds or waits for, and those the session holds at the server
+    /// (greedy holds included). A lock fully released has none.
+    pub fn locks_with_state(&self) -> usize {
+        self.inner.locks.len()
     }
 }

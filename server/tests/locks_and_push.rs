@@ -394,3 +394,41 @@ async fn a_contended_counter_loses_no_increment_across_sessions_and_threads() {
         "increments were lost"
     );
 }
+
+/// Locking many objects once each (one monitor per object, as a JVM does)
+/// must not grow the client: a released lock leaves no local state. A
+/// greedy hold is state until the server recalls it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_lock_leaves_no_state_in_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let plain = server.plain_client(1).await;
+    let greedy = server.client(2).await;
+    for n in 0..200 {
+        let key = LockKey::Named(format!("plain-{n}"));
+        plain.lock(&key, 1, LockMode::Write).await.unwrap();
+        plain.unlock(&key, 1, Vec::new()).await.unwrap();
+    }
+    assert_eq!(plain.locks_with_state(), 0);
+    let greedy_keys: Vec<_> = (0..50)
+        .map(|n| LockKey::Named(format!("greedy-{n}")))
+        .collect();
+    for key in &greedy_keys {
+        greedy.lock(key, 1, LockMode::Write).await.unwrap();
+        greedy.unlock(key, 1, Vec::new()).await.unwrap();
+    }
+    assert_eq!(greedy.locks_with_state(), greedy_keys.len());
+    for key in &greedy_keys {
+        tokio::time::timeout(DEADLINE, plain.lock(key, 1, LockMode::Write))
+            .await
+            .unwrap()
+            .unwrap();
+        plain.unlock(key, 1, Vec::new()).await.unwrap();
+    }
+    eventually("recalled holds to leave no state", || {
+        greedy.locks_with_state() == 0
+    })
+    .await;
+    assert_eq!(plain.locks_with_state(), 0);
+    assert_eq!(greedy.holds_at_server(&greedy_keys[0]), None);
+}
