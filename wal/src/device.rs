@@ -232,6 +232,9 @@ impl Drop for AlignedBuf {
 
 /// State of direct writes.
 struct Direct {
+    /// False for good once a file refuses `O_DIRECT` (the staging buffer
+    /// stays: it is registered with the ring).
+    on: bool,
     /// What a direct write sends: the head of its first block, the frames,
     /// zeros to the end of its last block.
     staging: AlignedBuf,
@@ -252,6 +255,7 @@ impl Direct {
         // Room for a head of up to one block, the frames, and padding.
         let len = (buffer_capacity + DIRECT_BLOCK).next_multiple_of(DIRECT_BLOCK);
         Direct {
+            on: true,
             staging: AlignedBuf::zeroed(len),
             tail: None,
         }
@@ -263,8 +267,7 @@ struct Uring {
     // dropped before `direct`'s staging buffer.
     ring: IoUring,
     registered: bool,
-    /// Present while writes go direct; dropped for good when a file refuses
-    /// `O_DIRECT`.
+    /// Present if writes may go direct (see `Direct::on`).
     direct: Option<Direct>,
     slots: Vec<Option<SlotIo>>,
 }
@@ -348,7 +351,7 @@ impl Device {
     pub(crate) fn write_method(&self) -> &'static str {
         match &self.uring {
             None => "pwrite + fdatasync",
-            Some(uring) if uring.direct.is_some() => "O_DIRECT + RWF_DSYNC writes",
+            Some(uring) if uring.direct_on() => "O_DIRECT + RWF_DSYNC writes",
             Some(_) => "write linked to fdatasync",
         }
     }
@@ -408,7 +411,7 @@ impl Device {
                 self.done.push_back(Completion { slot, result });
             }
             Some(uring) => {
-                let direct = match uring.direct.is_some() {
+                let direct = match uring.direct_on() {
                     true => uring.prepare_direct(file, offset),
                     false => Ok(false),
                 };
@@ -487,6 +490,10 @@ fn ring_entries(depth: usize) -> u32 {
 }
 
 impl Uring {
+    fn direct_on(&self) -> bool {
+        self.direct.as_ref().is_some_and(|direct| direct.on)
+    }
+
     /// Makes sure the next direct write to `file` at `offset` knows the bytes
     /// before `offset` in its first block, switching the file to `O_DIRECT`
     /// when it is new. Ok(false): the file system refuses `O_DIRECT`; direct
@@ -510,11 +517,10 @@ impl Uring {
                 align.offset,
                 align.memory
             );
-            self.direct = None;
+            direct.on = false;
             return Ok(false);
         }
-        // A buffered read: the file is not O_DIRECT yet (a new file), or is
-        // switched back for the read (a write that failed and was retried).
+        // A buffered read (O_DIRECT cleared first, should the file have it).
         set_o_direct(fd, false)?;
         let block_start = offset - offset % DIRECT_BLOCK as u64;
         let mut bytes = vec![0; (offset - block_start) as usize];
@@ -525,12 +531,12 @@ impl Uring {
                 tracing::warn!(
                     "WAL: the file system refuses O_DIRECT ({err}); writing through the page cache + fdatasync"
                 );
-                self.direct = None;
+                direct.on = false;
                 return Ok(false);
             }
             Err(err) => return Err(err),
         }
-        self.direct.as_mut().expect("direct writes on").tail = Some(Tail {
+        direct.tail = Some(Tail {
             fd,
             end: offset,
             bytes,
