@@ -457,8 +457,9 @@ type Commits = FuturesUnordered<
     >,
 >;
 
-/// Answers what can be answered at once; spawns what waits on the disk,
-/// holding one of the session's in-flight permits. A transaction gets its
+/// Answers what can be answered at once; what waits on the disk holds one
+/// of the session's in-flight permits and goes into `commits` (a plain
+/// commit) or a spawned task (everything else). A transaction gets its
 /// place in the log here, in stream order (`begin_commit`), so the
 /// commits of one session are in the log in the order it sent them, even
 /// while their durability is awaited concurrently.
