@@ -165,6 +165,11 @@ impl Heap {
         }
     }
 
+    /// Whether `id` is in the cache now (no fault, no clock mark).
+    pub fn is_cached(&self, id: ObjectId) -> bool {
+        self.cache.contains_key(&id)
+    }
+
     /// The current state of `id`, faulting it in if needed.
     pub fn get(&mut self, id: ObjectId) -> Result<Option<Snapshot>> {
         let found = match self.find(id)? {

@@ -293,8 +293,9 @@ impl Store {
     }
 
     /// `commit` for async callers (a tokio task): waits for room in the WAL
-    /// queue and for durability without blocking the thread. The checks and
-    /// the apply take the store's locks briefly, as in `commit`.
+    /// queue and for durability without blocking the thread, and reads
+    /// changed objects that are not cached on tokio's blocking pool. The
+    /// checks and the apply take the store's locks briefly, as in `commit`.
     pub async fn commit_async(&self, tx_bytes: impl Into<Bytes>) -> Result<Lsn> {
         let ticket = self.begin_commit(tx_bytes).await?;
         self.finish_commit(ticket).await
@@ -307,7 +308,9 @@ impl Store {
     /// while it waits for durability concurrently. Waits only for room in
     /// the WAL's queue.
     pub async fn begin_commit(&self, tx_bytes: impl Into<Bytes>) -> Result<CommitTicket> {
-        let (tx, bytes) = self.prepare(tx_bytes.into())?;
+        let bytes = tx_bytes.into();
+        let tx = self.decode_checked(&bytes)?;
+        self.fault_in_async(&tx).await?;
         let objects = tx.dnas.iter().map(|dna| dna.object).collect();
         let slot = self.inner.wal.reserve().await?;
         let (lsn, pending) = self.sequence(tx, bytes, Some(slot))?;
@@ -329,6 +332,14 @@ impl Store {
     /// sequencer): an unreadable image fails this transaction, not the
     /// heap, and the apply after the WAL finds them cached.
     fn prepare(&self, bytes: Bytes) -> Result<(Transaction, Bytes)> {
+        let tx = self.decode_checked(&bytes)?;
+        for dna in tx.dnas.iter().filter(|d| d.new_class.is_none()) {
+            self.get(dna.object)?;
+        }
+        Ok((tx, bytes))
+    }
+
+    fn decode_checked(&self, bytes: &[u8]) -> Result<Transaction> {
         let max = self
             .inner
             .config
@@ -341,11 +352,37 @@ impl Store {
             }
             .into());
         }
-        let tx = Transaction::decode(&bytes).map_err(Rejection::Malformed)?;
-        for dna in tx.dnas.iter().filter(|d| d.new_class.is_none()) {
-            self.get(dna.object)?;
+        Ok(Transaction::decode(bytes).map_err(Rejection::Malformed)?)
+    }
+
+    /// `prepare`'s faulting for async callers: the changed objects that are
+    /// not cached are read from the data segments on a blocking thread, so
+    /// a cache miss (a disk read) never stalls the async worker.
+    async fn fault_in_async(&self, tx: &Transaction) -> Result<()> {
+        let missing: Vec<ObjectId> = {
+            let heap = lock(&self.inner.heap);
+            tx.dnas
+                .iter()
+                .filter(|dna| dna.new_class.is_none() && !heap.is_cached(dna.object))
+                .map(|dna| dna.object)
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
         }
-        Ok((tx, bytes))
+        let inner = Arc::clone(&self.inner);
+        let faulted = tokio::task::spawn_blocking(move || {
+            let mut heap = lock(&inner.heap);
+            missing
+                .into_iter()
+                .try_for_each(|id| heap.get(id).map(drop))
+        })
+        .await;
+        match faulted {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Err(StoreError::Closed),
+        }
     }
 
     /// Checks `tx` and submits it to the WAL, in one critical section.

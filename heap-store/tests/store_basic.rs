@@ -271,3 +271,62 @@ fn async_commits_from_many_tasks_are_all_durable_and_applied_in_order() {
         );
     }
 }
+
+/// With a cache far smaller than the heap, async commits to objects that
+/// were evicted fault them back in (off the async worker, on tokio's
+/// blocking pool) and apply on top of their durable images.
+#[test]
+fn async_commits_fault_evicted_objects_back_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(
+        Store::open(
+            dir.path(),
+            StoreConfig {
+                cache_bytes: 4096,
+                ..config()
+            },
+        )
+        .unwrap(),
+    );
+    let class = store.register_class(&person()).unwrap();
+    let ids: Vec<ObjectId> = store.allocate_ids(200).unwrap().map(ObjectId).collect();
+    let created = ids
+        .iter()
+        .map(|&id| {
+            Dna::new_object(id, class)
+                .field(0, Value::String(format!("person {}", id.0)))
+                .field(1, Value::Int(0))
+        })
+        .collect();
+    store.commit(tx(1, created, vec![])).unwrap();
+    store.checkpoint().unwrap();
+    assert!(
+        store.stats().cache.objects < ids.len(),
+        "the checkpoint let clean objects be evicted"
+    );
+    let misses_before = store.stats().cache.misses;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        for (n, &id) in ids.iter().enumerate() {
+            let update = Dna::update(id).field(1, Value::Int(n as i32 + 1));
+            store
+                .commit_async(tx(2 + n as u64, vec![update], vec![]))
+                .await
+                .unwrap();
+        }
+    });
+    assert!(
+        store.stats().cache.misses > misses_before,
+        "some commits had to fault their object in"
+    );
+    for (n, &id) in ids.iter().enumerate() {
+        let object = store.get(id).unwrap().unwrap().object;
+        assert_eq!(
+            object.field(0),
+            Some(&Value::String(format!("person {}", id.0)))
+        );
+        assert_eq!(object.field(1), Some(&Value::Int(n as i32 + 1)));
+    }
+}

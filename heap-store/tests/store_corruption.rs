@@ -204,4 +204,24 @@ fn a_flipped_byte_in_a_data_segment_fails_that_object_only() {
             Value::String(format!("item {}", ids[2].0))
         ])
     );
+    // The async path (the server's) faults on a blocking thread and fails
+    // the same way, before anything is logged; the store carries on.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let update = |seq, id, n| {
+        Transaction {
+            client: 1,
+            seq,
+            lock: LockRef::None,
+            roots: vec![],
+            dnas: vec![Dna::update(id).field(0, Value::Long(n))],
+        }
+        .encode()
+    };
+    let msg = message(runtime.block_on(store.commit_async(update(11, ids[0], 2))));
+    assert!(msg.contains(&segment_file_name(entry.segment)), "{msg}");
+    runtime
+        .block_on(store.commit_async(update(12, ids[2], 100)))
+        .expect("other objects still commit");
 }
