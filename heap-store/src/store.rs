@@ -333,10 +333,20 @@ impl Store {
     /// heap, and the apply after the WAL finds them cached.
     fn prepare(&self, bytes: Bytes) -> Result<(Transaction, Bytes)> {
         let tx = self.decode_checked(&bytes)?;
-        for dna in tx.dnas.iter().filter(|d| d.new_class.is_none()) {
-            self.get(dna.object)?;
+        for id in self.uncached_objects(&tx) {
+            self.get(id)?;
         }
         Ok((tx, bytes))
+    }
+
+    /// The existing objects `tx` changes that are not in the cache now.
+    fn uncached_objects(&self, tx: &Transaction) -> Vec<ObjectId> {
+        let heap = lock(&self.inner.heap);
+        tx.dnas
+            .iter()
+            .filter(|dna| dna.new_class.is_none() && !heap.is_cached(dna.object))
+            .map(|dna| dna.object)
+            .collect()
     }
 
     fn decode_checked(&self, bytes: &[u8]) -> Result<Transaction> {
@@ -359,14 +369,7 @@ impl Store {
     /// not cached are read from the data segments on a blocking thread, so
     /// a cache miss (a disk read) never stalls the async worker.
     async fn fault_in_async(&self, tx: &Transaction) -> Result<()> {
-        let missing: Vec<ObjectId> = {
-            let heap = lock(&self.inner.heap);
-            tx.dnas
-                .iter()
-                .filter(|dna| dna.new_class.is_none() && !heap.is_cached(dna.object))
-                .map(|dna| dna.object)
-                .collect()
-        };
+        let missing = self.uncached_objects(tx);
         if missing.is_empty() {
             return Ok(());
         }
