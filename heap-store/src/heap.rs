@@ -19,9 +19,9 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 
 use crate::datafile::DataFiles;
-use crate::dna::{Dna, Transaction};
+use crate::dna::{DnaStart, Transaction, TransactionReader};
 use crate::error::{Result, StoreError};
-use crate::model::{ClassDef, ClassId, Object, ObjectId};
+use crate::model::{ClassDef, ClassId, LogicalOp, Object, ObjectId, Value};
 use crate::records::StoreRecord;
 use crate::table::{ObjectTable, TableEntry};
 use tc_wal::Lsn;
@@ -91,32 +91,106 @@ pub(crate) struct Heap {
     stats: CacheStats,
 }
 
-/// Rough in-memory size of an object, for the cache budget.
+/// Rough in-memory size of an object, for the cache budget. Kept up to
+/// date per change (`op_bytes_delta`, `value_bytes`), never recomputed
+/// per change: that would cost a whole collection per map put.
 fn approx_bytes(object: &Object) -> usize {
-    use crate::model::{Array, Body, Value};
-    fn value_bytes(v: &Value) -> usize {
-        32 + match v {
-            Value::String(s) => s.len(),
-            Value::Array(Array::Boolean(v)) => v.len(),
-            Value::Array(Array::Byte(v)) => v.len(),
-            Value::Array(Array::String(v)) => v
-                .iter()
-                .map(|s| 24 + s.as_ref().map_or(0, String::len))
-                .sum(),
-            Value::Array(a) => a.len() * 8,
-            _ => 0,
-        }
-    }
+    use crate::model::Body;
     let values: usize = match &object.body {
         Body::Fields(v) | Body::List(v) => v.iter().map(value_bytes).sum(),
-        Body::Map(m) => m
-            .iter()
-            .map(|(k, v)| value_bytes(k) + value_bytes(v) + 16)
-            .sum(),
+        Body::Map(m) => m.iter().map(|(k, v)| entry_bytes(k, v)).sum(),
         Body::Set(s) => s.iter().map(value_bytes).sum(),
         Body::Queue(q) => q.iter().map(value_bytes).sum(),
     };
-    96 + values
+    OBJECT_BYTES + values
+}
+
+/// An object's size without its values.
+const OBJECT_BYTES: usize = 96;
+
+fn value_bytes(v: &Value) -> usize {
+    use crate::model::Array;
+    32 + match v {
+        Value::String(s) => s.len(),
+        Value::Array(Array::Boolean(v)) => v.len(),
+        Value::Array(Array::Byte(v)) => v.len(),
+        Value::Array(Array::String(v)) => v
+            .iter()
+            .map(|s| 24 + s.as_ref().map_or(0, String::len))
+            .sum(),
+        Value::Array(a) => a.len() * 8,
+        _ => 0,
+    }
+}
+
+fn entry_bytes(key: &Value, value: &Value) -> usize {
+    value_bytes(key) + value_bytes(value) + 16
+}
+
+/// How `approx_bytes(object)` changes when `op` is applied to it (which
+/// `check_op` allowed).
+fn op_bytes_delta(object: &Object, op: &LogicalOp) -> isize {
+    use crate::model::Body;
+    let size = |v: &Value| value_bytes(v) as isize;
+    match (&object.body, op) {
+        (Body::Map(m), LogicalOp::MapPut(k, v)) => match m.get(k) {
+            Some(old) => size(v) - size(old),
+            None => entry_bytes(k, v) as isize,
+        },
+        (Body::Map(m), LogicalOp::MapRemove(k)) => m
+            .get_key_value(k)
+            .map_or(0, |(k, v)| -(entry_bytes(k, v) as isize)),
+        (Body::List(l), LogicalOp::ListSet(i, v)) => size(v) - size(&l[*i as usize]),
+        (Body::List(l), LogicalOp::ListRemoveAt(i)) => -size(&l[*i as usize]),
+        (Body::Set(s), LogicalOp::SetAdd(v)) if !s.contains(v) => size(v),
+        (Body::Set(s), LogicalOp::SetRemove(v)) if s.contains(v) => -size(v),
+        (Body::Queue(q), LogicalOp::QueuePoll) => q.front().map_or(0, |v| -size(v)),
+        (_, LogicalOp::ListAdd(v) | LogicalOp::ListInsert(_, v) | LogicalOp::QueueOffer(v)) => {
+            size(v)
+        }
+        (_, LogicalOp::Clear) => OBJECT_BYTES as isize - approx_bytes(object) as isize,
+        _ => 0,
+    }
+}
+
+/// The object a DNA changes, with its class, while the DNA's field
+/// writes and operations are applied one by one (each checked first).
+struct Changing<'h> {
+    id: ObjectId,
+    def: &'h ClassDef,
+    object: &'h mut Object,
+    /// Change of `approx_bytes(object)` so far.
+    bytes_delta: isize,
+}
+
+impl Changing<'_> {
+    fn write_field(&mut self, slot: u32, value: Value) -> Result<(), ApplyError> {
+        let id = self.id;
+        let field = self
+            .def
+            .fields
+            .get(slot as usize)
+            .ok_or_else(|| mismatch(format!("{id} has no slot {slot}")))?;
+        if !value.fits(field.kind) {
+            return Err(mismatch(format!(
+                "{id} slot {slot} cannot hold {}",
+                value.kind_name()
+            )));
+        }
+        let added = value_bytes(&value) as isize;
+        let old = self.object.set_field(slot, value);
+        self.bytes_delta += added - value_bytes(&old) as isize;
+        Ok(())
+    }
+
+    fn apply_op(&mut self, op: &LogicalOp) -> Result<(), ApplyError> {
+        self.object
+            .check_op(op)
+            .map_err(|why| mismatch(format!("{}: {why}", self.id)))?;
+        self.bytes_delta += op_bytes_delta(self.object, op);
+        self.object.apply(op);
+        Ok(())
+    }
 }
 
 /// Where an object stands in the heap.
@@ -316,11 +390,7 @@ impl Heap {
     /// checked by the sequencer; in recovery a record that does not fit
     /// the state is reported as `Err(why)`.
     pub fn apply(&mut self, lsn: Lsn, end: Lsn, record: &StoreRecord) -> Result<(), ApplyError> {
-        assert!(
-            end > lsn && lsn >= self.applied_end,
-            "apply out of order: {lsn} after {}",
-            self.applied_end
-        );
+        self.check_order(lsn, end);
         match record {
             StoreRecord::Transaction(tx) => self.apply_transaction(lsn, tx)?,
             StoreRecord::Class(id, def) => {
@@ -347,14 +417,36 @@ impl Heap {
                 }
             }
         }
+        self.applied(end);
+        Ok(())
+    }
+
+    fn check_order(&self, lsn: Lsn, end: Lsn) {
+        assert!(
+            end > lsn && lsn >= self.applied_end,
+            "apply out of order: {lsn} after {}",
+            self.applied_end
+        );
+    }
+
+    /// Everything below `end` is applied.
+    fn applied(&mut self, end: Lsn) {
         self.applied_end = end;
         self.evict_over_budget();
-        Ok(())
     }
 
     fn apply_transaction(&mut self, lsn: Lsn, tx: &Transaction) -> Result<(), ApplyError> {
         for dna in &tx.dnas {
-            self.apply_dna(lsn, dna)?;
+            let start = DnaStart {
+                object: dna.object,
+                new_class: dna.new_class,
+            };
+            self.change_object(lsn, start, |object| {
+                for (slot, value) in &dna.fields {
+                    object.write_field(*slot, value.clone())?;
+                }
+                dna.ops.iter().try_for_each(|op| object.apply_op(op))
+            })?;
         }
         for (name, id) in &tx.roots {
             self.roots.entry(name.clone()).or_insert(*id);
@@ -362,9 +454,52 @@ impl Heap {
         Ok(())
     }
 
-    fn apply_dna(&mut self, lsn: Lsn, dna: &Dna) -> Result<(), ApplyError> {
-        let id = dna.object;
-        let index = match (self.find(id).map_err(ApplyError::Damaged)?, dna.new_class) {
+    /// Replays the transaction record `bytes` at `lsn` (ending at `end`),
+    /// applying each change as it is decoded: no `Transaction` is built.
+    /// Calls `created` for each object the record creates. A record that
+    /// fails to decode or apply may be left half-applied; recovery then
+    /// refuses to open, so nobody sees that heap.
+    pub fn replay_transaction(
+        &mut self,
+        lsn: Lsn,
+        end: Lsn,
+        bytes: &[u8],
+        mut created: impl FnMut(ObjectId, ClassId),
+    ) -> Result<(), ApplyError> {
+        self.check_order(lsn, end);
+        let (header, mut reader) = TransactionReader::new(bytes).map_err(undecodable)?;
+        while let Some(start) = reader.next_dna().map_err(undecodable)? {
+            if let Some(class) = start.new_class {
+                created(start.object, class);
+            }
+            self.change_object(lsn, start, |object| {
+                while let Some((slot, value)) = reader.next_field().map_err(undecodable)? {
+                    object.write_field(slot, value)?;
+                }
+                while let Some(op) = reader.next_op().map_err(undecodable)? {
+                    object.apply_op(&op)?;
+                }
+                Ok(())
+            })?;
+        }
+        for (name, id) in header.roots {
+            self.roots.entry(name).or_insert(id);
+        }
+        self.applied(end);
+        Ok(())
+    }
+
+    /// Applies one DNA's changes (made by `change`) to its object at
+    /// `lsn`, creating the object first if the DNA does; does nothing if
+    /// the object already has this change (replay).
+    fn change_object(
+        &mut self,
+        lsn: Lsn,
+        start: DnaStart,
+        change: impl FnOnce(&mut Changing<'_>) -> Result<(), ApplyError>,
+    ) -> Result<(), ApplyError> {
+        let id = start.object;
+        let index = match (self.find(id).map_err(ApplyError::Damaged)?, start.new_class) {
             (Found::Deleted(version), _) | (Found::Present { version, .. }, _)
                 if version >= lsn =>
             {
@@ -393,40 +528,25 @@ impl Heap {
             .get_index_mut(index)
             .expect("present or just inserted");
         let class = cached.object.class;
-        let def = match (class.0 as usize)
+        let def = (class.0 as usize)
             .checked_sub(1)
             .and_then(|i| self.classes.get(i))
-        {
-            Some(def) => Arc::clone(def),
-            None => return Err(mismatch(format!("{id} has unknown {class}"))),
+            .ok_or_else(|| mismatch(format!("{id} has unknown {class}")))?;
+        let mut changing = Changing {
+            id,
+            def,
+            object: Arc::make_mut(&mut cached.object),
+            bytes_delta: 0,
         };
-        let object = Arc::make_mut(&mut cached.object);
-        for (slot, value) in &dna.fields {
-            let field = def
-                .fields
-                .get(*slot as usize)
-                .ok_or_else(|| mismatch(format!("{id} has no slot {slot}")))?;
-            if !value.fits(field.kind) {
-                return Err(mismatch(format!(
-                    "{id} slot {slot} cannot hold {}",
-                    value.kind_name()
-                )));
-            }
-            object.set_field(*slot, value.clone());
-        }
-        for op in &dna.ops {
-            object
-                .check_op(op)
-                .map_err(|why| mismatch(format!("{id}: {why}")))?;
-            object.apply(op);
-        }
+        change(&mut changing)?;
+        let bytes = cached.bytes.checked_add_signed(changing.bytes_delta);
+        let bytes = bytes.expect("an object's size stays positive");
+        debug_assert_eq!(bytes, approx_bytes(&cached.object), "size of {id} drifted");
+        self.cached_bytes = self.cached_bytes - cached.bytes + bytes;
+        cached.bytes = bytes;
         cached.version = lsn;
         cached.recently_used = true;
-        let newly_dirty = !std::mem::replace(&mut cached.dirty, true);
-        let bytes = approx_bytes(&cached.object);
-        let old_bytes = std::mem::replace(&mut cached.bytes, bytes);
-        self.cached_bytes = self.cached_bytes - old_bytes + bytes;
-        if newly_dirty {
+        if !std::mem::replace(&mut cached.dirty, true) {
             self.dirty.insert(id);
         }
         Ok(())
@@ -528,4 +648,87 @@ pub(crate) enum ApplyError {
 
 fn mismatch(why: String) -> ApplyError {
     ApplyError::Mismatch(why)
+}
+
+fn undecodable(e: crate::codec::DecodeError) -> ApplyError {
+    ApplyError::Mismatch(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Body, ClassKind};
+    use proptest::prelude::*;
+
+    /// Few distinct values, so puts and adds often hit existing entries.
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (0..4i32).prop_map(Value::Int),
+            "[ab]{0,3}".prop_map(Value::String),
+            Just(Value::Null),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = LogicalOp> {
+        prop_oneof![
+            (value(), value()).prop_map(|(k, v)| LogicalOp::MapPut(k, v)),
+            value().prop_map(LogicalOp::MapRemove),
+            value().prop_map(LogicalOp::ListAdd),
+            (0..4u32, value()).prop_map(|(i, v)| LogicalOp::ListInsert(i, v)),
+            (0..4u32, value()).prop_map(|(i, v)| LogicalOp::ListSet(i, v)),
+            (0..4u32).prop_map(LogicalOp::ListRemoveAt),
+            value().prop_map(LogicalOp::SetAdd),
+            value().prop_map(LogicalOp::SetRemove),
+            value().prop_map(LogicalOp::QueueOffer),
+            Just(LogicalOp::QueuePoll),
+            Just(LogicalOp::Clear),
+        ]
+    }
+
+    fn empty(kind: ClassKind) -> Object {
+        let body = match kind {
+            ClassKind::Map => Body::Map(Default::default()),
+            ClassKind::List => Body::List(Vec::new()),
+            ClassKind::Set => Body::Set(Default::default()),
+            ClassKind::Queue => Body::Queue(Default::default()),
+            ClassKind::Plain => Body::Fields(vec![Value::Null; 4]),
+        };
+        Object {
+            class: ClassId(1),
+            body,
+        }
+    }
+
+    proptest! {
+        /// The cache's size of an object is kept per change; it must stay
+        /// what recomputing it from scratch gives.
+        #[test]
+        fn sizes_kept_per_change_match_recomputed_ones(
+            kind in prop_oneof![
+                Just(ClassKind::Map),
+                Just(ClassKind::List),
+                Just(ClassKind::Set),
+                Just(ClassKind::Queue),
+            ],
+            ops in proptest::collection::vec(op(), 1..60),
+            writes in proptest::collection::vec((0..4u32, value()), 1..20),
+        ) {
+            let mut object = empty(kind);
+            let mut size = approx_bytes(&object) as isize;
+            for op in &ops {
+                if object.check_op(op).is_ok() {
+                    size += op_bytes_delta(&object, op);
+                    object.apply(op);
+                    prop_assert_eq!(size, approx_bytes(&object) as isize, "after {:?}", op);
+                }
+            }
+            let mut plain = empty(ClassKind::Plain);
+            let mut size = approx_bytes(&plain) as isize;
+            for (slot, value) in writes {
+                size += value_bytes(&value) as isize;
+                size -= value_bytes(&plain.set_field(slot, value)) as isize;
+                prop_assert_eq!(size, approx_bytes(&plain) as isize);
+            }
+        }
+    }
 }

@@ -31,7 +31,7 @@ use crate::dna::Transaction;
 use crate::error::{Rejection, Result, StoreError};
 use crate::heap::{ApplyError, CacheStats, ENTRY_DELETED, Heap, Snapshot};
 use crate::model::{ClassDef, ClassId, ObjectId};
-use crate::records::StoreRecord;
+use crate::records::{KIND_TRANSACTION, StoreRecord};
 use crate::sequencer::{DELETED, Sequencer};
 use crate::table::{ObjectTable, TABLE_FILE_NAME, TableEntry};
 use tc_wal::Lsn;
@@ -1081,34 +1081,33 @@ fn replay(wal: &Wal, heap: &mut Heap, class_of: &mut Vec<u32>, from: Lsn) -> Res
     let wal_place = |lsn: Lsn, what: String| {
         StoreError::corrupt(wal.dir(), None, format!("WAL record at lsn {lsn}: {what}"))
     };
-    while let Some(record) = reader.try_next()? {
-        let decoded = StoreRecord::decode(record.kind, &record.payload)
-            .map_err(|e| wal_place(record.lsn, e.to_string()))?;
-        heap.apply(record.lsn, record.end_lsn(), &decoded)
-            .map_err(|e| match e {
-                ApplyError::Damaged(cause) => cause,
-                ApplyError::Mismatch(why) => wal_place(record.lsn, why),
-            })?;
-        let set = |class_of: &mut Vec<u32>, id: ObjectId, class: u32, force: bool| {
-            let index = id.0 as usize;
-            if index >= class_of.len() {
-                class_of.resize((index + 1).next_power_of_two(), 0);
-            }
-            if force || class_of[index] == 0 {
-                class_of[index] = class;
-            }
-        };
-        match &decoded {
-            StoreRecord::Transaction(tx) => {
-                for dna in &tx.dnas {
-                    if let Some(class) = dna.new_class {
-                        set(class_of, dna.object, class.0, false);
-                    }
-                }
-            }
-            StoreRecord::Delete(ids) => ids.iter().for_each(|id| set(class_of, *id, DELETED, true)),
-            StoreRecord::Class(..) | StoreRecord::IdBlock { .. } => {}
+    let set = |class_of: &mut Vec<u32>, id: ObjectId, class: u32, force: bool| {
+        let index = id.0 as usize;
+        if index >= class_of.len() {
+            class_of.resize((index + 1).next_power_of_two(), 0);
         }
+        if force || class_of[index] == 0 {
+            class_of[index] = class;
+        }
+    };
+    while let Some(record) = reader.try_next()? {
+        let (lsn, end) = (record.lsn, record.end_lsn());
+        let applied = if record.kind == KIND_TRANSACTION {
+            heap.replay_transaction(lsn, end, &record.payload, |id, class| {
+                set(class_of, id, class.0, false)
+            })
+        } else {
+            let decoded = StoreRecord::decode(record.kind, &record.payload)
+                .map_err(|e| wal_place(lsn, e.to_string()))?;
+            if let StoreRecord::Delete(ids) = &decoded {
+                ids.iter().for_each(|id| set(class_of, *id, DELETED, true));
+            }
+            heap.apply(lsn, end, &decoded)
+        };
+        applied.map_err(|e| match e {
+            ApplyError::Damaged(cause) => cause,
+            ApplyError::Mismatch(why) => wal_place(lsn, why),
+        })?;
         records += 1;
         bytes += record.end_lsn().0 - record.lsn.0;
     }

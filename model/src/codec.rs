@@ -56,6 +56,7 @@ impl Writer {
     }
 
     /// Signed values as zigzag varints, so small negatives stay short.
+    #[inline]
     pub fn zigzag(&mut self, v: i64) {
         self.varint(((v << 1) ^ (v >> 63)) as u64);
     }
@@ -101,6 +102,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An error at the current offset.
+    #[cold]
     pub fn error(&self, what: impl Into<String>) -> DecodeError {
         DecodeError {
             offset: self.pos,
@@ -117,26 +119,40 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     pub fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], DecodeError> {
         if n > self.remaining() {
-            return Err(self.error(format!(
-                "{what}: needs {n} bytes, only {} left",
-                self.remaining()
-            )));
+            return Err(self.short(n, what));
         }
         let out = &self.bytes[self.pos..self.pos + n];
         self.pos += n;
         Ok(out)
     }
 
+    #[cold]
+    fn short(&self, n: usize, what: &str) -> DecodeError {
+        self.error(format!(
+            "{what}: needs {n} bytes, only {} left",
+            self.remaining()
+        ))
+    }
+
+    #[inline]
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], DecodeError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N, what)?);
         Ok(out)
     }
 
+    #[inline]
     pub fn u8(&mut self, what: &str) -> Result<u8, DecodeError> {
-        Ok(self.array::<1>(what)?[0])
+        match self.bytes.get(self.pos) {
+            Some(&byte) => {
+                self.pos += 1;
+                Ok(byte)
+            }
+            None => Err(self.short(1, what)),
+        }
     }
 
     pub fn u16_le(&mut self, what: &str) -> Result<u16, DecodeError> {
@@ -151,7 +167,20 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
+    /// Unsigned LEB128 (see `Writer::varint`). One-byte values, the common
+    /// case, take the inlined path.
+    #[inline]
     pub fn varint(&mut self, what: &str) -> Result<u64, DecodeError> {
+        match self.bytes.get(self.pos) {
+            Some(&byte) if byte < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(byte))
+            }
+            _ => self.varint_long(what),
+        }
+    }
+
+    fn varint_long(&mut self, what: &str) -> Result<u64, DecodeError> {
         let start = self.pos;
         let mut value: u64 = 0;
         for shift in (0..70).step_by(7) {
@@ -170,6 +199,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A varint that must fit `max`.
+    #[inline]
     pub fn varint_max(&mut self, max: u64, what: &str) -> Result<u64, DecodeError> {
         let start = self.pos;
         let v = self.varint(what)?;
@@ -187,6 +217,7 @@ impl<'a> Reader<'a> {
 
     /// A count of items each at least `min_item_bytes` long: checked against
     /// the bytes left, so a forged count can never cause a large allocation.
+    #[inline]
     pub fn count(&mut self, min_item_bytes: usize, what: &str) -> Result<usize, DecodeError> {
         let start = self.pos;
         let n = self.varint(what)?;

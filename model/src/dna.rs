@@ -136,7 +136,111 @@ impl Transaction {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Transaction, DecodeError> {
+        let (header, mut reader) = TransactionReader::new(bytes)?;
+        let mut dnas: Vec<Dna> = Vec::with_capacity(reader.dnas_left());
+        while let Some(start) = reader.next_dna()? {
+            let mut fields = Vec::with_capacity(reader.fields_left());
+            while let Some(field) = reader.next_field()? {
+                fields.push(field);
+            }
+            let mut ops = Vec::new();
+            while let Some(op) = reader.next_op()? {
+                ops.push(op);
+            }
+            dnas.push(Dna {
+                object: start.object,
+                new_class: start.new_class,
+                fields,
+                ops,
+            });
+        }
+        Ok(Transaction {
+            client: header.client,
+            seq: header.seq,
+            lock: header.lock,
+            roots: header.roots,
+            dnas,
+        })
+    }
+}
+
+/// A transaction's fields before its DNAs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TransactionHeader {
+    pub client: u64,
+    pub seq: u64,
+    pub lock: LockRef,
+    pub roots: Vec<(String, ObjectId)>,
+}
+
+/// The start of one DNA: its object and, if it creates it, its class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnaStart {
+    pub object: ObjectId,
+    pub new_class: Option<ClassId>,
+}
+
+/// Where a `TransactionReader` is within the current DNA.
+#[derive(Clone, Copy, Debug)]
+enum Within {
+    /// Before the first DNA, or after the last item of one.
+    Between,
+    /// This many field writes are still to read, then the op count.
+    Fields(usize),
+    /// This many logical operations are still to read.
+    Ops(usize),
+}
+
+/// DNA counts up to this are checked for repeated objects by a linear scan.
+const SEEN_SCAN_MAX: usize = 32;
+
+/// Objects already seen in a transaction (each may have one DNA).
+enum Seen {
+    Few(Vec<ObjectId>),
+    Many(foldhash::HashSet<ObjectId>),
+}
+
+impl Seen {
+    fn with_capacity(n: usize) -> Seen {
         use foldhash::HashSetExt;
+        if n <= SEEN_SCAN_MAX {
+            Seen::Few(Vec::with_capacity(n))
+        } else {
+            Seen::Many(foldhash::HashSet::with_capacity(n))
+        }
+    }
+
+    /// False if `id` was seen before.
+    fn insert(&mut self, id: ObjectId) -> bool {
+        match self {
+            Seen::Few(ids) if ids.contains(&id) => false,
+            Seen::Few(ids) => {
+                ids.push(id);
+                true
+            }
+            Seen::Many(ids) => ids.insert(id),
+        }
+    }
+}
+
+/// Reads an encoded transaction one DNA, field write and operation at a
+/// time, without building it: replay applies each change as it is read.
+/// Checks exactly what `Transaction::decode` checks, as it goes, so a
+/// caller that applies before the end may have applied part of a
+/// transaction that then fails to decode.
+/// Items of a DNA that the caller does not read are read (and checked)
+/// when it moves on to the next DNA; the last `next_dna` checks that
+/// every byte was consumed.
+pub struct TransactionReader<'a> {
+    r: Reader<'a>,
+    dnas_left: usize,
+    within: Within,
+    seen: Seen,
+}
+
+impl<'a> TransactionReader<'a> {
+    /// Reads the header; the DNAs follow through `next_dna`.
+    pub fn new(bytes: &'a [u8]) -> Result<(TransactionHeader, Self), DecodeError> {
         let mut r = Reader::new(bytes);
         let version = r.u8("format version")?;
         if version != TX_FORMAT_VERSION {
@@ -171,55 +275,107 @@ impl Transaction {
             }
             roots.push((name.to_string(), object_id(&mut r, "root object")?));
         }
-        let dna_count = r.count(4, "DNA count")?;
-        let mut dnas: Vec<Dna> = Vec::with_capacity(dna_count);
-        let mut seen = foldhash::HashSet::with_capacity(dna_count);
-        for _ in 0..dna_count {
-            let at = r.position();
-            let object = object_id(&mut r, "DNA object")?;
-            if !seen.insert(object) {
-                return Err(DecodeError {
-                    offset: at,
-                    what: format!("object {object} has two DNAs in one transaction"),
-                });
-            }
-            let new_class = match r.u8("DNA flags")? {
-                0 => None,
-                DNA_FLAG_NEW => {
-                    let class = r.varint_max(u64::from(u32::MAX), "class id")?;
-                    if class == 0 {
-                        return Err(r.error("class id 0"));
-                    }
-                    Some(ClassId(class as u32))
-                }
-                other => return Err(r.error(format!("unknown DNA flags {other:#x}"))),
-            };
-            let field_count = r.count(2, "field count")?;
-            let mut fields = Vec::with_capacity(field_count);
-            for _ in 0..field_count {
-                let slot = r.varint_max(u64::from(u32::MAX), "slot")? as u32;
-                fields.push((slot, Value::decode(&mut r)?));
-            }
-            let op_count = r.count(1, "operation count")?;
-            let mut ops = Vec::with_capacity(op_count);
-            for _ in 0..op_count {
-                ops.push(LogicalOp::decode(&mut r)?);
-            }
-            dnas.push(Dna {
-                object,
-                new_class,
-                fields,
-                ops,
-            });
-        }
-        r.finish("transaction")?;
-        Ok(Transaction {
+        let dnas_left = r.count(4, "DNA count")?;
+        let header = TransactionHeader {
             client,
             seq,
             lock,
             roots,
-            dnas,
-        })
+        };
+        let reader = TransactionReader {
+            r,
+            dnas_left,
+            within: Within::Between,
+            seen: Seen::with_capacity(dnas_left),
+        };
+        Ok((header, reader))
+    }
+
+    /// DNAs not started yet (bounded by the bytes left, not trusted further).
+    pub fn dnas_left(&self) -> usize {
+        self.dnas_left
+    }
+
+    /// Field writes of the current DNA not read yet.
+    pub fn fields_left(&self) -> usize {
+        match self.within {
+            Within::Fields(n) => n,
+            Within::Between | Within::Ops(_) => 0,
+        }
+    }
+
+    /// The next DNA's object and class, after reading what is left of the
+    /// current one; `None` after the last (and every byte was consumed).
+    pub fn next_dna(&mut self) -> Result<Option<DnaStart>, DecodeError> {
+        while self.next_op()?.is_some() {}
+        if self.dnas_left == 0 {
+            self.r.finish("transaction")?;
+            return Ok(None);
+        }
+        self.dnas_left -= 1;
+        let r = &mut self.r;
+        let at = r.position();
+        let object = object_id(r, "DNA object")?;
+        if !self.seen.insert(object) {
+            return Err(DecodeError {
+                offset: at,
+                what: format!("object {object} has two DNAs in one transaction"),
+            });
+        }
+        let new_class = match r.u8("DNA flags")? {
+            0 => None,
+            DNA_FLAG_NEW => {
+                let class = r.varint_max(u64::from(u32::MAX), "class id")?;
+                if class == 0 {
+                    return Err(r.error("class id 0"));
+                }
+                Some(ClassId(class as u32))
+            }
+            other => return Err(r.error(format!("unknown DNA flags {other:#x}"))),
+        };
+        self.within = Within::Fields(r.count(2, "field count")?);
+        Ok(Some(DnaStart { object, new_class }))
+    }
+
+    /// The current DNA's next field write (slot, value); `None` after the
+    /// last one.
+    #[inline]
+    pub fn next_field(&mut self) -> Result<Option<(u32, Value)>, DecodeError> {
+        match self.within {
+            Within::Fields(0) => {
+                self.within = Within::Ops(self.r.count(1, "operation count")?);
+                Ok(None)
+            }
+            Within::Fields(n) => {
+                let slot = self.r.varint_max(u64::from(u32::MAX), "slot")? as u32;
+                let value = Value::decode(&mut self.r)?;
+                self.within = Within::Fields(n - 1);
+                Ok(Some((slot, value)))
+            }
+            Within::Between | Within::Ops(_) => Ok(None),
+        }
+    }
+
+    /// The current DNA's next logical operation, after any field writes
+    /// not read yet; `None` after the last one.
+    pub fn next_op(&mut self) -> Result<Option<LogicalOp>, DecodeError> {
+        loop {
+            match self.within {
+                Within::Between => return Ok(None),
+                Within::Fields(_) => {
+                    self.next_field()?;
+                }
+                Within::Ops(0) => {
+                    self.within = Within::Between;
+                    return Ok(None);
+                }
+                Within::Ops(n) => {
+                    let op = LogicalOp::decode(&mut self.r)?;
+                    self.within = Within::Ops(n - 1);
+                    return Ok(Some(op));
+                }
+            }
+        }
     }
 }
 
@@ -287,6 +443,56 @@ mod tests {
         bytes[0] = 9;
         let err = Transaction::decode(&bytes).unwrap_err();
         assert!(err.what.contains("version 9"), "{err}");
+    }
+
+    #[test]
+    fn the_reader_yields_what_decode_builds() {
+        let tx = sample();
+        let bytes = tx.encode();
+        let (header, mut reader) = TransactionReader::new(&bytes).unwrap();
+        assert_eq!((header.client, header.seq), (7, 42));
+        assert_eq!(header.lock, tx.lock);
+        assert_eq!(header.roots, tx.roots);
+        for dna in &tx.dnas {
+            let start = reader.next_dna().unwrap().expect("a DNA");
+            assert_eq!((start.object, start.new_class), (dna.object, dna.new_class));
+            let mut fields = Vec::new();
+            while let Some(field) = reader.next_field().unwrap() {
+                fields.push(field);
+            }
+            assert_eq!(fields, dna.fields);
+            let mut ops = Vec::new();
+            while let Some(op) = reader.next_op().unwrap() {
+                ops.push(op);
+            }
+            assert_eq!(ops, dna.ops);
+        }
+        assert_eq!(reader.next_dna().unwrap(), None);
+    }
+
+    #[test]
+    fn the_reader_checks_the_items_a_caller_skips() {
+        let bytes = sample().encode();
+        let (_, mut reader) = TransactionReader::new(&bytes).unwrap();
+        let starts = std::iter::from_fn(|| reader.next_dna().unwrap()).count();
+        assert_eq!(starts, 2);
+        // A damaged value inside a DNA nobody reads still fails, as does
+        // a byte after the end.
+        let mut damaged = bytes.clone();
+        let tag_at = damaged.iter().position(|&b| b == b'h').unwrap() - 2;
+        damaged[tag_at] = 0xEE;
+        let (_, mut reader) = TransactionReader::new(&damaged).unwrap();
+        let err = std::iter::from_fn(|| reader.next_dna().transpose())
+            .find_map(Result::err)
+            .expect("the damaged value is found");
+        assert!(err.what.contains("value tag"), "{err}");
+        let mut longer = bytes;
+        longer.push(0);
+        let (_, mut reader) = TransactionReader::new(&longer).unwrap();
+        let err = std::iter::from_fn(|| reader.next_dna().transpose())
+            .find_map(Result::err)
+            .expect("the trailing byte is found");
+        assert!(err.what.contains("trailing"), "{err}");
     }
 
     #[test]

@@ -849,14 +849,15 @@ impl Object {
         }
     }
 
-    /// Sets a field. The caller checked slot and kind (validation).
-    pub fn set_field(&mut self, slot: u32, value: Value) {
+    /// Sets a field and returns its old value. The caller checked slot
+    /// and kind (validation).
+    pub fn set_field(&mut self, slot: u32, value: Value) -> Value {
         match &mut self.body {
             Body::Fields(fields) => {
                 let field = fields
                     .get_mut(slot as usize)
                     .expect("validated slot within the class");
-                *field = value;
+                std::mem::replace(field, value)
             }
             _ => panic!(
                 "field write on a {}: validation let it through",
