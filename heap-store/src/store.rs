@@ -538,6 +538,14 @@ impl Store {
         self.inner.collect_garbage(held)
     }
 
+    /// Why the store stopped accepting changes, if it did: a failed WAL
+    /// append (I/O error, full disk) or a damaged image found while
+    /// applying. Reads go on; changes fail until the store is reopened,
+    /// which replays exactly what is durable.
+    pub fn failure(&self) -> Option<StoreError> {
+        self.inner.poisoned.get().cloned()
+    }
+
     /// Stops maintenance, checkpoints and closes: the next open replays
     /// nothing.
     pub fn close(mut self) -> Result<()> {
@@ -582,7 +590,11 @@ impl Inner {
 
     fn poison(&self, cause: StoreError) -> StoreError {
         let first = self.poisoned.get_or_init(|| {
-            tracing::error!(%cause, "WAL append failed: the store stops accepting changes");
+            tracing::error!(
+                %cause,
+                "the store stops accepting changes (reads go on); reopen it \
+                 (restart tc-server) to recover: everything acknowledged is durable"
+            );
             cause.clone()
         });
         StoreError::Poisoned(Arc::new(first.clone()))

@@ -116,11 +116,18 @@ impl Collector for StateCollector {
         };
         let e = &mut encoder;
         let store = shared.store.stats();
+        let store_failed = shared.store.failure().is_some();
         gauge(
             e,
             "sessions",
             "Live sessions",
             shared.session_count() as i64,
+        )?;
+        gauge(
+            e,
+            "store_failed",
+            "1 if the store stopped accepting changes (see the log; restart to recover)",
+            i64::from(store_failed),
         )?;
         gauge(
             e,

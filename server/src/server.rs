@@ -171,8 +171,15 @@ impl Tc for Service {
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthReply>, Status> {
         let stopping = *self.shared.stopping.borrow();
         let locks = lock(&self.shared.locks).stats();
+        let failure = self.shared.store.failure();
+        let status = match (&failure, stopping) {
+            (Some(_), _) => "failed",
+            (None, true) => "stopping",
+            (None, false) => "serving",
+        };
         Ok(Response::new(HealthReply {
-            status: if stopping { "stopping" } else { "serving" }.to_string(),
+            status: status.to_string(),
+            failure: failure.map(|cause| cause.to_string()).unwrap_or_default(),
             protocol_version: PROTOCOL_VERSION,
             epoch: self.shared.epoch,
             sessions: self.shared.session_count() as u64,

@@ -82,7 +82,15 @@ async fn a_full_disk_fails_commits_clearly_and_loses_nothing_acknowledged() {
          checkpoint_wal_bytes = 1048576\n",
     )
     .unwrap();
-    let server = TestServer::start(&data, &["--config", config.to_str().unwrap()]);
+    let server = TestServer::start(
+        &data,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
     let client = server.client(1).await;
     let (class, id) = create_counter(&client, "counter").await;
     let ids = client.allocate_ids(2000).await.unwrap();
@@ -110,6 +118,23 @@ async fn a_full_disk_fails_commits_clearly_and_loses_nothing_acknowledged() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    // Health and /metrics tell the operator, with the cause.
+    let mut health = tc_protocol::tc_client::TcClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    let reply = health
+        .health(tc_protocol::HealthRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.status, "failed");
+    assert!(
+        reply.failure.contains("No space left on device"),
+        "{}",
+        reply.failure
+    );
+    let metrics = server.metrics_text().await;
+    assert_eq!(value(&metrics, "tc_store_failed"), 1.0);
     // Reads keep working, and show the last acknowledged change.
     let reader = server.client(2).await;
     assert_eq!(value_of(&reader, id).await, acked);

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -95,6 +95,20 @@ impl TestServer {
             let rest = line.split("metrics on http://").nth(1)?;
             rest.split('/').next()?.parse().ok()
         })
+    }
+
+    /// Waits for the `/metrics` log line, then scrapes the endpoint.
+    pub async fn metrics_text(&self) -> String {
+        let mut addr = None;
+        eventually("the metrics line", || {
+            addr = self.metrics_addr();
+            addr.is_some()
+        })
+        .await;
+        let addr = addr.expect("checked by eventually");
+        tokio::task::spawn_blocking(move || scrape(addr))
+            .await
+            .expect("scraping /metrics")
     }
 
     pub fn log(&self) -> Vec<String> {
@@ -212,4 +226,32 @@ pub async fn value_of(client: &Client, id: ObjectId) -> i64 {
         Some(Value::Long(v)) => *v,
         other => panic!("counter value is {other:?}"),
     }
+}
+
+/// The text of `/metrics` at `addr`.
+pub fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: tc\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    response
+}
+
+/// The value of metric `name` in `text`.
+pub fn value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
 }
