@@ -78,7 +78,10 @@ impl Metrics {
             "From a commit's arrival to its acknowledgement",
             self.commit_latency.clone(),
         );
-        registry.register_collector(Box::new(StateCollector { shared }));
+        registry.register_collector(Box::new(StateCollector {
+            shared,
+            runtime: tokio::runtime::Handle::current(),
+        }));
         registry
     }
 }
@@ -87,6 +90,7 @@ impl Metrics {
 #[derive(Debug)]
 struct StateCollector {
     shared: Weak<Shared>,
+    runtime: tokio::runtime::Handle,
 }
 
 fn counter(
@@ -128,6 +132,12 @@ impl Collector for StateCollector {
             "store_failed",
             "1 if the store stopped accepting changes (see the log; restart to recover)",
             i64::from(store_failed),
+        )?;
+        gauge(
+            e,
+            "runtime_tasks",
+            "Tasks alive in the server's async runtime (sessions, commits, wait timers)",
+            self.runtime.metrics().num_alive_tasks() as i64,
         )?;
         gauge(
             e,

@@ -127,6 +127,7 @@ impl Shared {
     pub fn unregister(&self, handle: &SessionHandle) {
         lock(&self.sessions).remove(&handle.id);
         self.with_locks(|locks, effects| locks.drop_session(handle.id, effects));
+        handle.cancel_wait_timers();
         for id in handle.take_held() {
             self.holders.remove(id, handle.id);
         }

@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -83,8 +83,17 @@ pub struct SessionHandle {
     close_signal: Notify,
     /// Objects this session holds (pushed changes go to it).
     held: Mutex<HashSet<ObjectId>>,
-    /// LSN of the transaction committed with each pending wait.
-    wait_lsns: Mutex<std::collections::HashMap<RequestId, u64>>,
+    /// This session's waits not answered yet.
+    waits: Mutex<std::collections::HashMap<RequestId, PendingWait>>,
+}
+
+/// A wait not answered yet.
+struct PendingWait {
+    /// LSN of the transaction committed with it (echoed in `WaitDone`).
+    lsn: u64,
+    /// Its timeout, cancelled when the wait ends first, so waits with long
+    /// timeouts that are notified leave no sleeping task behind.
+    timer: Option<tokio::task::AbortHandle>,
 }
 
 impl SessionHandle {
@@ -156,12 +165,11 @@ impl SessionHandle {
             Effect::WaitDone {
                 request, outcome, ..
             } => {
-                let lsn = self
-                    .wait_lsns
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&request)
-                    .unwrap_or(0);
+                let wait = self.pending_waits().remove(&request);
+                let lsn = wait.map_or(0, |wait| {
+                    wait.timer.inspect(tokio::task::AbortHandle::abort);
+                    wait.lsn
+                });
                 self.reply(
                     request,
                     Out::WaitDone(WaitDone {
@@ -170,6 +178,18 @@ impl SessionHandle {
                     }),
                 )
             }
+        }
+    }
+
+    fn pending_waits(&self) -> MutexGuard<'_, std::collections::HashMap<RequestId, PendingWait>> {
+        self.waits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cancels the timers of this session's waits (the session ended: the
+    /// lock manager dropped its waiters).
+    pub fn cancel_wait_timers(&self) {
+        for (_, wait) in self.pending_waits().drain() {
+            wait.timer.inspect(tokio::task::AbortHandle::abort);
         }
     }
 
@@ -419,7 +439,7 @@ async fn handshake(
         closed: AtomicBool::new(false),
         close_signal: Notify::new(),
         held: Mutex::default(),
-        wait_lsns: Mutex::default(),
+        waits: Mutex::default(),
     });
     shared.metrics.sessions_opened.inc();
     info!(session = handle.id, client = hello.client_id, name = %hello.client_name, ?peer, "session started");
@@ -760,19 +780,25 @@ fn start_wait(
     timeout_ms: u64,
     lsn: u64,
 ) -> Result<(), Refusal> {
-    let wait_lsns = || session.wait_lsns.lock().unwrap_or_else(|p| p.into_inner());
-    wait_lsns().insert(request, lsn);
+    let wait = PendingWait { lsn, timer: None };
+    session.pending_waits().insert(request, wait);
     let token = shared
         .with_locks(|locks, effects| locks.wait(session.id, thread, key, request, effects))
         .inspect_err(|_| {
-            wait_lsns().remove(&request);
+            session.pending_waits().remove(&request);
         })?;
     if timeout_ms > 0 {
         let shared = shared.clone();
-        tokio::spawn(async move {
+        let timer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(timeout_ms)).await;
             shared.with_locks(|locks, effects| locks.wait_timed_out(token, effects));
-        });
+        })
+        .abort_handle();
+        match session.pending_waits().get_mut(&request) {
+            Some(wait) => wait.timer = Some(timer),
+            // Answered already (notified before the timer was armed).
+            None => timer.abort(),
+        }
     }
     Ok(())
 }
