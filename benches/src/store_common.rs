@@ -187,17 +187,25 @@ pub fn parse_fraction(text: &str) -> Result<f64, String> {
 
 /// One update transaction: `object` gets a random long (below 2^32, so a
 /// 1–5 byte varint) in each of `slots`, under the object's lock.
-pub fn update_tx(client: u64, seq: u64, object: ObjectId, slots: &[u32], rng: &mut Rng) -> Vec<u8> {
-    let mut dna = Dna::update(object);
-    for &slot in slots {
-        dna = dna.field(slot, Value::Long(rng.below(1 << 32) as i64));
+/// A DNA writing a random long into each of `slots` of `object`.
+fn random_longs(object: ObjectId, slots: &[u32], rng: &mut Rng) -> Dna {
+    let fields = slots
+        .iter()
+        .map(|&slot| (slot, Value::Long(rng.below(1 << 32) as i64)))
+        .collect();
+    Dna {
+        fields,
+        ..Dna::update(object)
     }
+}
+
+pub fn update_tx(client: u64, seq: u64, object: ObjectId, slots: &[u32], rng: &mut Rng) -> Vec<u8> {
     Transaction {
         client,
         seq,
         lock: LockRef::Object(object),
         roots: Vec::new(),
-        dnas: vec![dna],
+        dnas: vec![random_longs(object, slots, rng)],
     }
     .encode()
 }
@@ -216,11 +224,7 @@ pub fn multi_update_tx(
         .iter()
         .map(|&object| {
             fields.pick_slots(rng, slots);
-            let mut dna = Dna::update(object);
-            for &slot in slots.iter() {
-                dna = dna.field(slot, Value::Long(rng.below(1 << 32) as i64));
-            }
-            dna
+            random_longs(object, slots, rng)
         })
         .collect();
     Transaction {

@@ -92,7 +92,7 @@ impl Transaction {
     /// `dnas  = |count varint|{object varint|flags u8|class varint if new|`
     /// `        field count varint|{slot varint|value}*|op count varint|op*}*|`
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::new();
+        let mut w = Writer::with_capacity(self.encoded_len_estimate());
         w.u8(TX_FORMAT_VERSION);
         w.varint(self.client);
         w.varint(self.seq);
@@ -133,6 +133,18 @@ impl Transaction {
             }
         }
         w.into_bytes()
+    }
+
+    /// About the encoded size, for one allocation in `encode` in the usual
+    /// case (scalar values); an underestimate only costs a reallocation.
+    fn encoded_len_estimate(&self) -> usize {
+        let dnas: usize = self
+            .dnas
+            .iter()
+            .map(|dna| 16 + 11 * dna.fields.len() + 12 * dna.ops.len())
+            .sum();
+        let roots: usize = self.roots.iter().map(|(name, _)| name.len() + 12).sum();
+        32 + dnas + roots
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Transaction, DecodeError> {
@@ -191,12 +203,16 @@ enum Within {
     Ops(usize),
 }
 
-/// DNA counts up to this are checked for repeated objects by a linear scan.
-const SEEN_SCAN_MAX: usize = 32;
+/// DNA counts up to this are checked for repeated objects by a linear scan
+/// of an inline array (no allocation for the usual small transaction).
+const SEEN_SCAN_MAX: usize = 16;
 
 /// Objects already seen in a transaction (each may have one DNA).
 enum Seen {
-    Few(Vec<ObjectId>),
+    Few {
+        ids: [ObjectId; SEEN_SCAN_MAX],
+        len: usize,
+    },
     Many(foldhash::HashSet<ObjectId>),
 }
 
@@ -204,18 +220,25 @@ impl Seen {
     fn with_capacity(n: usize) -> Seen {
         use foldhash::HashSetExt;
         if n <= SEEN_SCAN_MAX {
-            Seen::Few(Vec::with_capacity(n))
+            Seen::Few {
+                ids: [ObjectId::NULL; SEEN_SCAN_MAX],
+                len: 0,
+            }
         } else {
             Seen::Many(foldhash::HashSet::with_capacity(n))
         }
     }
 
-    /// False if `id` was seen before.
+    /// False if `id` was seen before. At most the capacity given to
+    /// `with_capacity` ids are inserted (one per DNA of the count read).
     fn insert(&mut self, id: ObjectId) -> bool {
         match self {
-            Seen::Few(ids) if ids.contains(&id) => false,
-            Seen::Few(ids) => {
-                ids.push(id);
+            Seen::Few { ids, len } => {
+                if ids[..*len].contains(&id) {
+                    return false;
+                }
+                ids[*len] = id;
+                *len += 1;
                 true
             }
             Seen::Many(ids) => ids.insert(id),
@@ -493,6 +516,18 @@ mod tests {
             .find_map(Result::err)
             .expect("the trailing byte is found");
         assert!(err.what.contains("trailing"), "{err}");
+    }
+
+    #[test]
+    fn repeated_objects_are_found_in_small_and_large_transactions() {
+        for count in [1, 15, 16, 17, 40] {
+            let mut tx = sample();
+            tx.dnas = (1..=count).map(|i| Dna::update(ObjectId(i))).collect();
+            assert!(Transaction::decode(&tx.encode()).is_ok(), "{count} DNAs");
+            tx.dnas.push(Dna::update(ObjectId(count)));
+            let err = Transaction::decode(&tx.encode()).unwrap_err();
+            assert!(err.what.contains("two DNAs"), "{count} DNAs: {err}");
+        }
     }
 
     #[test]
