@@ -187,6 +187,25 @@ impl<'a> Reader<'a> {
     }
 
     fn varint_long(&mut self, what: &str) -> Result<u64, DecodeError> {
+        if let Some(bytes) = self.bytes[self.pos..].first_chunk::<10>() {
+            // Ten bytes are there: no bounds check per byte.
+            let mut value: u64 = 0;
+            for (i, &byte) in bytes.iter().enumerate() {
+                value |= u64::from(byte & 0x7f) << (7 * i);
+                if byte & 0x80 == 0 {
+                    if i == 9 && byte > 1 {
+                        break;
+                    }
+                    self.pos += i + 1;
+                    return Ok(value);
+                }
+            }
+        }
+        self.varint_checked(what)
+    }
+
+    /// `varint` byte by byte, near the end of the input or on an error.
+    fn varint_checked(&mut self, what: &str) -> Result<u64, DecodeError> {
         let start = self.pos;
         let mut value: u64 = 0;
         for shift in (0..70).step_by(7) {
