@@ -1,14 +1,20 @@
 #![no_main]
 //! The store's WAL record decoders (`docs/formats/dna.md`): a transaction
 //! (DNA) and the other record kinds, on arbitrary bytes. Never panics;
-//! whatever decodes re-encodes to something that decodes to the same value.
+//! whatever decodes re-encodes to something that decodes to the same value;
+//! the streaming reader replay uses agrees with `decode` (the oracle shared
+//! with the normal test suite).
 
 use libfuzzer_sys::fuzz_target;
 use tc_heap_store::dna::Transaction;
 use tc_heap_store::records::StoreRecord;
 
+#[path = "../../heap-store/tests/oracle/mod.rs"]
+mod oracle;
+
 fuzz_target!(|input: &[u8]| {
     let Some((&kind, payload)) = input.split_first() else { return };
+    oracle::check_reader_agrees(payload);
     if let Ok(tx) = Transaction::decode(payload) {
         let again = Transaction::decode(&tx.encode()).expect("an encoded transaction decodes");
         assert_eq!(again, tx, "transaction round trip");

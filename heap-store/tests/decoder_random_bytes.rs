@@ -6,6 +6,8 @@
 //!
 //! `TC_PROPTEST_CASES` overrides the number of cases (default 4096).
 
+mod oracle;
+
 use proptest::prelude::*;
 use tc_heap_store::checkpoint::Checkpoint;
 use tc_heap_store::dna::{Dna, LockRef, Transaction};
@@ -98,7 +100,7 @@ fn list_object() -> impl Strategy<Value = Object> {
 
 /// Decodes `bytes` with every decoder; each must return, never panic.
 fn decode_everything(bytes: &[u8]) {
-    let _ = Transaction::decode(bytes);
+    oracle::check_reader_agrees(bytes);
     for kind in 0..6 {
         let _ = StoreRecord::decode(kind, bytes);
     }
