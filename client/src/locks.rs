@@ -10,8 +10,10 @@
 //! released only when no local thread holds the gate (`Recall` takes the
 //! gate in write mode first); under a greedy hold a thread's commit is put
 //! on the stream before the next local thread gets the gate (the server
-//! logs a session's commits in stream order) and the hold goes back to
-//! the server, or into a wait, only after every such commit is
+//! logs a session's commits in stream order); a release may follow them
+//! at once (the server passes the lock on only after the session's
+//! earlier commits are durable and pushed), but a wait, which the server
+//! applies in stream order, goes only after every such commit is
 //! acknowledged (`settle`), so the next holder elsewhere sees them all.
 //! A lock's local state lives only while it is in use or held at the
 //! server: an application that locks millions of objects once each keeps
@@ -152,7 +154,8 @@ impl LocalLocks {
 
     /// The server wants a greedy hold back: take the gate in write mode
     /// (after the local threads already queued for it, so a recall is fair
-    /// to both sides), wait for the commits sent under the hold, release.
+    /// to both sides) and release; the server orders the release after the
+    /// commits sent under the hold.
     pub(crate) fn recalled(&self, inner: &Arc<Inner>, key: LockKey) {
         let local = self.get(&key);
         let inner = inner.clone();
@@ -164,7 +167,6 @@ impl LocalLocks {
                 (state.server, state.server_thread)
             };
             if server.is_some_and(|(_, greedy)| greedy) {
-                local.settle().await;
                 if let Err(err) = release_at_server(&inner, &key, thread, Bytes::new()).await {
                     warn!(?key, %err, "releasing a recalled lock failed");
                 }

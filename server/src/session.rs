@@ -35,7 +35,7 @@ use tonic::{Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::locks::{Effect, LockError, LockKey, LockMode, RequestId, SessionId, WaitOutcome};
-use crate::server::Shared;
+use crate::server::{Shared, lock};
 
 type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
 
@@ -85,6 +85,33 @@ pub struct SessionHandle {
     held: Mutex<HashSet<ObjectId>>,
     /// This session's waits not answered yet.
     waits: Mutex<std::collections::HashMap<RequestId, PendingWait>>,
+    /// Transactions this session sent that are not finished yet, for
+    /// ordering releases after them.
+    unfinished: Mutex<Unfinished>,
+    commit_finished: Notify,
+}
+
+/// A session's transactions by the order it sent them: the numbers of
+/// those begun (given a place in the log) and not yet finished (durable
+/// and pushed, or failed).
+#[derive(Default)]
+struct Unfinished {
+    begun: u64,
+    open: std::collections::BTreeSet<u64>,
+}
+
+/// Marks a begun transaction finished when dropped (after its commit
+/// finished, or if its future is dropped at session end).
+struct Finishing {
+    session: Arc<SessionHandle>,
+    number: u64,
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        lock(&self.session.unfinished).open.remove(&self.number);
+        self.session.commit_finished.notify_waiters();
+    }
 }
 
 /// A wait not answered yet.
@@ -181,8 +208,42 @@ impl SessionHandle {
         }
     }
 
+    /// Records a transaction of this session that just got its place in
+    /// the log; it counts as unfinished until the guard is dropped.
+    fn commit_begun(self: &Arc<Self>) -> Finishing {
+        let mut unfinished = lock(&self.unfinished);
+        let number = unfinished.begun;
+        unfinished.begun += 1;
+        unfinished.open.insert(number);
+        Finishing {
+            session: self.clone(),
+            number,
+        }
+    }
+
+    /// How many transactions this session has begun so far.
+    fn commits_begun(&self) -> u64 {
+        lock(&self.unfinished).begun
+    }
+
+    /// Waits until the first `count` transactions this session began are
+    /// finished: durable, applied and pushed to the sessions that hold
+    /// their objects (or failed).
+    async fn commits_finished(&self, count: u64) {
+        loop {
+            let finished = self.commit_finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let first_open = lock(&self.unfinished).open.first().copied();
+            if first_open.is_none_or(|number| number >= count) {
+                return;
+            }
+            finished.await;
+        }
+    }
+
     fn pending_waits(&self) -> MutexGuard<'_, std::collections::HashMap<RequestId, PendingWait>> {
-        self.waits.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.waits)
     }
 
     /// Cancels the timers of this session's waits (the session ended: the
@@ -195,30 +256,18 @@ impl SessionHandle {
 
     fn hold(&self, shared: &Shared, id: ObjectId) {
         if shared.holders.add(id, self.id) {
-            self.held
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id);
+            lock(&self.held).insert(id);
         }
     }
 
     fn drop_held(&self, shared: &Shared, id: ObjectId) {
-        if self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id)
-        {
+        if lock(&self.held).remove(&id) {
             shared.holders.remove(id, self.id);
         }
     }
 
     pub fn take_held(&self) -> Vec<ObjectId> {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect()
+        lock(&self.held).drain().collect()
     }
 }
 
@@ -440,6 +489,8 @@ async fn handshake(
         close_signal: Notify::new(),
         held: Mutex::default(),
         waits: Mutex::default(),
+        unfinished: Mutex::default(),
+        commit_finished: Notify::new(),
     });
     shared.metrics.sessions_opened.inc();
     info!(session = handle.id, client = hello.client_id, name = %hello.client_name, ?peer, "session started");
@@ -535,12 +586,18 @@ async fn handle_message(
         In::Commit(commit) => {
             let Some(permit) = permit() else { return };
             match begin_commit(&shared, commit.transaction).await {
-                Ok(begun) => commits.push(Box::pin(async move {
-                    let _permit = permit;
-                    let committed = finish_commit(&shared, &session, begun).await;
-                    let outcome = committed.map(|lsn| Some(Out::Committed(Committed { lsn })));
-                    (request, outcome)
-                })),
+                Ok(begun) => {
+                    // Counted now, in stream order, so a release that
+                    // follows on the stream waits for it.
+                    let finishing = handle.commit_begun();
+                    commits.push(Box::pin(async move {
+                        let _permit = permit;
+                        let committed = finish_commit(&shared, &session, begun).await;
+                        drop(finishing);
+                        let outcome = committed.map(|lsn| Some(Out::Committed(Committed { lsn })));
+                        (request, outcome)
+                    }));
+                }
                 Err(refusal) => handle.refuse(request, refusal),
             }
         }
@@ -579,11 +636,17 @@ async fn handle_message(
                 }
                 Err(refusal) => return handle.refuse(request, refusal),
             };
+            // The lock goes to the next holder only after every
+            // transaction this session sent before the release is durable
+            // and pushed, so a greedy holder can release right after its
+            // last commit without waiting for the acknowledgement.
+            let earlier = handle.commits_begun();
             let begun = if release.transaction.is_empty() {
                 None
             } else {
                 Some(begin_commit(&shared, release.transaction).await)
             };
+            let finishing = matches!(begun, Some(Ok(_))).then(|| handle.commit_begun());
             spawn_with(
                 permit,
                 Box::pin(async move {
@@ -595,6 +658,8 @@ async fn handle_message(
                         Some(Ok(begun)) => finish_commit(&shared, &session, begun).await,
                         Some(Err(refusal)) => Err(refusal),
                     };
+                    drop(finishing);
+                    session.commits_finished(earlier).await;
                     shared.with_locks(|locks, effects| {
                         locks.release(session.id, release.thread, key, effects)
                     })?;
@@ -640,10 +705,13 @@ async fn handle_message(
                 Ok(begun) => begun,
                 Err(refusal) => return handle.refuse(request, refusal),
             };
+            let finishing = handle.commit_begun();
             spawn_with(
                 permit,
                 Box::pin(async move {
-                    let lsn = finish_commit(&shared, &session, begun).await?;
+                    let committed = finish_commit(&shared, &session, begun).await;
+                    drop(finishing);
+                    let lsn = committed?;
                     start_wait(
                         &shared,
                         &session,
