@@ -338,19 +338,7 @@ async fn wait_and_notify_between_threads_of_one_client_greedy_or_not() {
             })
         };
         // Thread 2 of the same client notifies once the wait is registered.
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
-            client.lock(&key, 2, LockMode::Write).await.unwrap();
-            let woken = client.notify(&key, 2, false).await.unwrap();
-            client.unlock(&key, 2, Vec::new()).await.unwrap();
-            if woken == 1 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the waiter never waited"
-            );
-        }
+        notify_one_once_waiting(&client, &key, 2).await;
         assert!(
             tokio::time::timeout(DEADLINE, waiter)
                 .await

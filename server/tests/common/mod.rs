@@ -153,6 +153,25 @@ impl Drop for TestServer {
     }
 }
 
+/// As `thread` of `client`, notifies one waiter on `key` (taking and
+/// releasing the lock each time) until a notify wakes one: the waiter may
+/// not be waiting yet.
+pub async fn notify_one_once_waiting(client: &Client, key: &tc_client::LockKey, thread: u64) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        client
+            .lock(key, thread, tc_client::LockMode::Write)
+            .await
+            .unwrap();
+        let woken = client.notify(key, thread, false).await.unwrap();
+        client.unlock(key, thread, Vec::new()).await.unwrap();
+        if woken == 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nobody ever waited on {key:?}");
+    }
+}
+
 /// Polls `condition` until it holds or the deadline passes.
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
