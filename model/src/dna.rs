@@ -2,7 +2,9 @@
 //! and the store appends to the WAL unchanged.
 //!
 //! Owns: the transaction format v1 (`docs/formats/dna.md`) and its
-//! structural checks (version, tags, bounds, no repeated object).
+//! structural checks (version, tags, bounds, no repeated object), made in
+//! one place: `TransactionReader` reads a transaction one DNA at a time
+//! (replay applies as it reads), and `Transaction::decode` is built on it.
 //! Not: checks against the store's state (classes, slots, references:
 //! `validate.rs`).
 //! Invariants: `decode(encode(tx)) == tx`; `decode` never panics, never
