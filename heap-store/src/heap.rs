@@ -285,40 +285,63 @@ impl Heap {
         })
     }
 
-    /// Reads and checks the image a table entry points at.
-    pub fn read_image(&self, id: ObjectId, entry: &TableEntry) -> Result<Object> {
-        let image = self
-            .files
-            .read_image(entry.segment, entry.offset, entry.length, id)?;
-        let place = |what: String| {
-            StoreError::corrupt(
-                self.files.segment_path(entry.segment),
-                Some(u64::from(entry.offset)),
-                format!("image of {id}: {what}"),
-            )
-        };
-        if image.version != entry.version {
-            return Err(place(format!(
-                "version {} but the object table says {}",
-                image.version, entry.version
-            )));
+    /// Where `id` stands for a reader: answered from the cache or the
+    /// table (`Answer`), or an image to read first (`Read`, outside the
+    /// heap lock, then `install_read`).
+    pub fn lookup(&mut self, id: ObjectId) -> Result<Lookup> {
+        if let Some(index) = self.cache.get_index_of(&id) {
+            self.stats.hits += 1;
+            let (_, cached) = self.cache.get_index_mut(index).expect("index just found");
+            cached.recently_used = true;
+            return Ok(Lookup::Answer(Some(Snapshot {
+                object: Arc::clone(&cached.object),
+                version: cached.version,
+            })));
         }
-        let object = Object::decode(&image.body).map_err(|e| place(e.to_string()))?;
-        if object.class != entry.class {
-            return Err(place(format!(
-                "class {} but the object table says {}",
-                object.class, entry.class
-            )));
-        }
-        let def = self
-            .class(object.class)
-            .ok_or_else(|| place(format!("unknown {}", object.class)))?;
-        if let Some(problem) = object.check_against(def) {
-            return Err(place(problem));
-        }
-        Ok(object)
+        self.stats.misses += 1;
+        Ok(match self.table.get(id)? {
+            None => Lookup::Answer(None),
+            Some(entry) if entry.flags & ENTRY_DELETED != 0 => Lookup::Answer(None),
+            Some(entry) => Lookup::Read(ImageToRead {
+                id,
+                entry,
+                files: Arc::clone(&self.files),
+                def: self.class(entry.class).cloned(),
+            }),
+        })
     }
 
+    /// Caches an image read outside the lock, unless the object changed
+    /// meanwhile: `None` if the table no longer points at that image (the
+    /// caller looks again); the cached state if it was faulted in since.
+    pub fn install_read(
+        &mut self,
+        read: ImageToRead,
+        object: Object,
+    ) -> Result<Option<Option<Snapshot>>> {
+        let id = read.id;
+        let index = match self.cache.get_index_of(&id) {
+            Some(index) => index,
+            None if self.table.get(id)? == Some(read.entry) => {
+                self.insert(id, object, read.entry.version, false)
+            }
+            None => return Ok(None),
+        };
+        let (_, cached) = self.cache.get_index_mut(index).expect("index just found");
+        cached.recently_used = true;
+        let snapshot = Snapshot {
+            object: Arc::clone(&cached.object),
+            version: cached.version,
+        };
+        self.evict_over_budget();
+        Ok(Some(Some(snapshot)))
+    }
+
+    /// Reads and checks the image a table entry points at.
+    pub fn read_image(&self, id: ObjectId, entry: &TableEntry) -> Result<Object> {
+        let def = self.class(entry.class).map(|def| &**def);
+        read_entry_image(&self.files, id, entry, def)
+    }
     /// Caches `id` (not cached yet) and returns its index in `cache`.
     fn insert(&mut self, id: ObjectId, object: Object, version: Lsn, dirty: bool) -> usize {
         self.inserted_since_eviction += 1;
@@ -635,6 +658,63 @@ impl Heap {
         }
         Ok(true)
     }
+}
+
+/// An image a reader must read to answer (see `Heap::lookup`).
+pub(crate) struct ImageToRead {
+    id: ObjectId,
+    entry: TableEntry,
+    files: Arc<DataFiles>,
+    def: Option<Arc<ClassDef>>,
+}
+
+impl ImageToRead {
+    /// Reads and checks it; needs no lock.
+    pub fn read(&self) -> Result<Object> {
+        read_entry_image(&self.files, self.id, &self.entry, self.def.as_deref())
+    }
+}
+
+/// What `Heap::lookup` found.
+pub(crate) enum Lookup {
+    Answer(Option<Snapshot>),
+    Read(ImageToRead),
+}
+
+/// Reads the image `entry` points at and checks it against the entry and
+/// against `def`, the class the entry names (`None`: unknown, an error).
+fn read_entry_image(
+    files: &DataFiles,
+    id: ObjectId,
+    entry: &TableEntry,
+    def: Option<&ClassDef>,
+) -> Result<Object> {
+    let image = files.read_image(entry.segment, entry.offset, entry.length, id)?;
+    let place = |what: String| {
+        StoreError::corrupt(
+            files.segment_path(entry.segment),
+            Some(u64::from(entry.offset)),
+            format!("image of {id}: {what}"),
+        )
+    };
+    if image.version != entry.version {
+        return Err(place(format!(
+            "version {} but the object table says {}",
+            image.version, entry.version
+        )));
+    }
+    let object = Object::decode(&image.body).map_err(|e| place(e.to_string()))?;
+    if object.class != entry.class {
+        return Err(place(format!(
+            "class {} but the object table says {}",
+            object.class, entry.class
+        )));
+    }
+    let def = def.ok_or_else(|| place(format!("unknown {}", object.class)))?;
+    if let Some(problem) = object.check_against(def) {
+        return Err(place(problem));
+    }
+    Ok(object)
 }
 
 /// Why a record could not be applied.

@@ -29,7 +29,7 @@ use crate::checkpoint::Checkpoint;
 use crate::datafile::{DataFiles, SegmentWriter, image_record_bytes};
 use crate::dna::Transaction;
 use crate::error::{Rejection, Result, StoreError};
-use crate::heap::{ApplyError, CacheStats, ENTRY_DELETED, Heap, Snapshot};
+use crate::heap::{ApplyError, CacheStats, ENTRY_DELETED, Heap, Lookup, Snapshot};
 use crate::model::{ClassDef, ClassId, ObjectId};
 use crate::records::{KIND_TRANSACTION, StoreRecord};
 use crate::sequencer::{DELETED, Sequencer};
@@ -375,10 +375,9 @@ impl Store {
         }
         let inner = Arc::clone(&self.inner);
         let faulted = tokio::task::spawn_blocking(move || {
-            let mut heap = lock(&inner.heap);
             missing
                 .into_iter()
-                .try_for_each(|id| heap.get(id).map(drop))
+                .try_for_each(|id| inner.get(id).map(drop))
         })
         .await;
         match faulted {
@@ -475,8 +474,10 @@ impl Store {
 
     /// The current (durable) state of an object, or `None` if it does not
     /// exist (never created, or deleted).
+    /// The current state of `id` (`None` if it does not exist). A missing
+    /// image is read from its data segment without holding the heap lock.
     pub fn get(&self, id: ObjectId) -> Result<Option<Snapshot>> {
-        lock(&self.inner.heap).get(id)
+        self.inner.get(id)
     }
 
     pub fn root(&self, name: &str) -> Option<ObjectId> {
@@ -581,6 +582,25 @@ impl Drop for Store {
 }
 
 impl Inner {
+    /// `Store::get`. An image not in the cache is read and checked outside
+    /// the heap lock (a disk read must not stall commits and other
+    /// readers), then cached if the table still points at it; if the
+    /// object changed meanwhile, or the read failed (the image may have
+    /// moved), the lookup is made again under the lock, which reports a
+    /// real failure with its place.
+    fn get(&self, id: ObjectId) -> Result<Option<Snapshot>> {
+        let to_read = match lock(&self.heap).lookup(id)? {
+            Lookup::Answer(found) => return Ok(found),
+            Lookup::Read(to_read) => to_read,
+        };
+        if let Ok(object) = to_read.read()
+            && let Some(found) = lock(&self.heap).install_read(to_read, object)?
+        {
+            return Ok(found);
+        }
+        lock(&self.heap).get(id)
+    }
+
     fn check_not_poisoned(&self) -> Result<()> {
         match self.poisoned.get() {
             Some(cause) => Err(StoreError::Poisoned(Arc::new(cause.clone()))),
@@ -1124,4 +1144,69 @@ fn replay(wal: &Wal, heap: &mut Heap, class_of: &mut Vec<u32>, from: Lsn) -> Res
         bytes += record.end_lsn().0 - record.lsn.0;
     }
     Ok((records, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dna::{Dna, LockRef};
+    use crate::model::{FieldKind, ScalarKind, Value};
+
+    fn set(id: ObjectId, seq: u64, value: i32, class: Option<ClassId>) -> Vec<u8> {
+        let dna = match class {
+            Some(class) => Dna::new_object(id, class),
+            None => Dna::update(id),
+        };
+        Transaction {
+            client: 1,
+            seq,
+            lock: LockRef::None,
+            roots: Vec::new(),
+            dnas: vec![dna.field(0, Value::Int(value))],
+        }
+        .encode()
+    }
+
+    fn evicted(store: &Store, id: ObjectId) -> bool {
+        let mut heap = lock(&store.inner.heap);
+        heap.evict_all_over_budget();
+        heap.evict_all_over_budget();
+        !heap.is_cached(id)
+    }
+
+    /// The race `Inner::get` guards against, made to happen: an image read
+    /// outside the lock is superseded (a commit, a checkpoint writing the
+    /// newer image, an eviction) before it is installed. It must not be
+    /// cached; the next read sees the newer state.
+    #[test]
+    fn an_image_read_outside_the_lock_is_not_cached_once_superseded() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            background_maintenance: false,
+            cache_bytes: 1,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), config).unwrap();
+        let class = store
+            .register_class(&ClassDef::plain(
+                "demo.Counter",
+                &[("n", FieldKind::Scalar(ScalarKind::Int))],
+            ))
+            .unwrap();
+        let id = ObjectId(store.allocate_ids(1).unwrap().start);
+        store.commit(set(id, 1, 1, Some(class))).unwrap();
+        store.checkpoint().unwrap();
+        assert!(evicted(&store, id));
+        let Lookup::Read(to_read) = lock(&store.inner.heap).lookup(id).unwrap() else {
+            panic!("an evicted object must be read from its segment");
+        };
+        let old = to_read.read().unwrap();
+        store.commit(set(id, 2, 2, None)).unwrap();
+        store.checkpoint().unwrap();
+        assert!(evicted(&store, id));
+        let installed = lock(&store.inner.heap).install_read(to_read, old).unwrap();
+        assert!(installed.is_none(), "a superseded image was cached");
+        let now = store.get(id).unwrap().unwrap();
+        assert_eq!(now.object.field(0), Some(&Value::Int(2)));
+    }
 }

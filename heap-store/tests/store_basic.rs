@@ -330,3 +330,104 @@ fn async_commits_fault_evicted_objects_back_in() {
         assert_eq!(object.field(1), Some(&Value::Int(n as i32 + 1)));
     }
 }
+
+/// Readers fault images in outside the heap lock while commits, checkpoints
+/// and the cleaner move them: every read sees a whole transaction (both
+/// fields of a pair written together agree) and never an older value than
+/// one it saw before, and nothing fails.
+#[test]
+fn readers_racing_commits_checkpoints_and_the_cleaner_see_whole_changes() {
+    const OBJECTS: usize = 64;
+    const ROUNDS: i32 = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        StoreConfig {
+            cache_bytes: 4096,
+            data_segment_bytes: 16 << 10,
+            ..config()
+        },
+    )
+    .unwrap();
+    let pair = ClassDef::plain(
+        "demo.Pair",
+        &[
+            ("a", FieldKind::Scalar(ScalarKind::Int)),
+            ("b", FieldKind::Scalar(ScalarKind::Int)),
+        ],
+    );
+    let class = store.register_class(&pair).unwrap();
+    let ids: Vec<ObjectId> = store
+        .allocate_ids(OBJECTS as u64)
+        .unwrap()
+        .map(ObjectId)
+        .collect();
+    let created = ids.iter().map(|&id| Dna::new_object(id, class)).collect();
+    store.commit(tx(1, created, vec![])).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..3)
+            .map(|reader| {
+                let (store, ids, done) = (&store, &ids, &done);
+                scope.spawn(move || {
+                    let mut seen = vec![0; OBJECTS];
+                    let mut reads = 0u64;
+                    let mut n = reader;
+                    while !done.load(std::sync::atomic::Ordering::Acquire) {
+                        n = (n * 31 + 7) % OBJECTS;
+                        let object = store.get(ids[n]).unwrap().unwrap().object;
+                        let (Some(Value::Int(a)), Some(Value::Int(b))) =
+                            (object.field(0), object.field(1))
+                        else {
+                            panic!("fields of {:?}: {object:?}", ids[n]);
+                        };
+                        assert_eq!(a, b, "half of a transaction visible in {:?}", ids[n]);
+                        assert!(
+                            *a >= seen[n],
+                            "{:?} went back from {} to {a}",
+                            ids[n],
+                            seen[n]
+                        );
+                        seen[n] = *a;
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for round in 1..=ROUNDS {
+            let dnas = ids
+                .iter()
+                .filter(|id| id.0 % 3 == round as u64 % 3)
+                .map(|&id| {
+                    Dna::update(id)
+                        .field(0, Value::Int(round))
+                        .field(1, Value::Int(round))
+                })
+                .collect();
+            store.commit(tx(1 + round as u64, dnas, vec![])).unwrap();
+            if round % 10 == 0 {
+                store.checkpoint().unwrap();
+            }
+            if round % 25 == 0 {
+                store.clean().unwrap();
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        for reader in readers {
+            assert!(reader.join().unwrap() > 0, "a reader never read");
+        }
+    });
+    assert!(
+        store.stats().cache.misses > 0,
+        "reads had to fault images in"
+    );
+    for &id in &ids {
+        let object = store.get(id).unwrap().unwrap().object;
+        let last = (1..=ROUNDS)
+            .rev()
+            .find(|r| id.0 % 3 == *r as u64 % 3)
+            .unwrap();
+        assert_eq!(object.field(0), Some(&Value::Int(last)));
+    }
+}
