@@ -247,14 +247,21 @@ impl Heap {
     /// The current state of `id`, faulting it in if needed.
     pub fn get(&mut self, id: ObjectId) -> Result<Option<Snapshot>> {
         let found = match self.find(id)? {
-            Found::Present { index, .. } => self.cache.get_index(index).map(|(_, c)| Snapshot {
-                object: Arc::clone(&c.object),
-                version: c.version,
-            }),
+            Found::Present { index, .. } => Some(self.snapshot_used(index)),
             Found::Missing | Found::Deleted(_) => None,
         };
         self.evict_over_budget();
         Ok(found)
+    }
+
+    /// The cached object at `index` of `cache`, marked recently used.
+    fn snapshot_used(&mut self, index: usize) -> Snapshot {
+        let (_, cached) = self.cache.get_index_mut(index).expect("a cache index");
+        cached.recently_used = true;
+        Snapshot {
+            object: Arc::clone(&cached.object),
+            version: cached.version,
+        }
     }
 
     fn find(&mut self, id: ObjectId) -> Result<Found> {
@@ -291,12 +298,7 @@ impl Heap {
     pub fn lookup(&mut self, id: ObjectId) -> Result<Lookup> {
         if let Some(index) = self.cache.get_index_of(&id) {
             self.stats.hits += 1;
-            let (_, cached) = self.cache.get_index_mut(index).expect("index just found");
-            cached.recently_used = true;
-            return Ok(Lookup::Answer(Some(Snapshot {
-                object: Arc::clone(&cached.object),
-                version: cached.version,
-            })));
+            return Ok(Lookup::Answer(Some(self.snapshot_used(index))));
         }
         self.stats.misses += 1;
         Ok(match self.table.get(id)? {
@@ -311,14 +313,11 @@ impl Heap {
         })
     }
 
-    /// Caches an image read outside the lock, unless the object changed
-    /// meanwhile: `None` if the table no longer points at that image (the
-    /// caller looks again); the cached state if it was faulted in since.
-    pub fn install_read(
-        &mut self,
-        read: ImageToRead,
-        object: Object,
-    ) -> Result<Option<Option<Snapshot>>> {
+    /// Caches an image read outside the lock and returns the object's
+    /// state, unless the object changed meanwhile: the cached state if it
+    /// was faulted in since; `None` if the table no longer points at that
+    /// image (the caller looks again).
+    pub fn install_read(&mut self, read: ImageToRead, object: Object) -> Result<Option<Snapshot>> {
         let id = read.id;
         let index = match self.cache.get_index_of(&id) {
             Some(index) => index,
@@ -327,14 +326,9 @@ impl Heap {
             }
             None => return Ok(None),
         };
-        let (_, cached) = self.cache.get_index_mut(index).expect("index just found");
-        cached.recently_used = true;
-        let snapshot = Snapshot {
-            object: Arc::clone(&cached.object),
-            version: cached.version,
-        };
+        let snapshot = self.snapshot_used(index);
         self.evict_over_budget();
-        Ok(Some(Some(snapshot)))
+        Ok(Some(snapshot))
     }
 
     /// Reads and checks the image a table entry points at.

@@ -473,9 +473,8 @@ impl Store {
     }
 
     /// The current (durable) state of an object, or `None` if it does not
-    /// exist (never created, or deleted).
-    /// The current state of `id` (`None` if it does not exist). A missing
-    /// image is read from its data segment without holding the heap lock.
+    /// exist (never created, or deleted). A missing image is read from its
+    /// data segment without holding the heap lock.
     pub fn get(&self, id: ObjectId) -> Result<Option<Snapshot>> {
         self.inner.get(id)
     }
@@ -596,7 +595,7 @@ impl Inner {
         if let Ok(object) = to_read.read()
             && let Some(found) = lock(&self.heap).install_read(to_read, object)?
         {
-            return Ok(found);
+            return Ok(Some(found));
         }
         lock(&self.heap).get(id)
     }
