@@ -52,11 +52,12 @@ pub struct Snapshot {
 }
 
 /// A dirty object's image, taken for a checkpoint.
-pub(crate) struct DirtyImage {
+/// A dirty object as of a checkpoint: shared with the heap (copy on
+/// write), so it is encoded outside the heap lock.
+pub(crate) struct DirtyObject {
     pub id: ObjectId,
-    pub class: ClassId,
     pub version: Lsn,
-    pub body: Vec<u8>,
+    pub object: Arc<Object>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -604,22 +605,21 @@ impl Heap {
         }
     }
 
-    /// Encodes the image of every dirty object (for a checkpoint at
-    /// `applied_end`). They stay dirty until `install`ed at their version,
-    /// so a checkpoint that fails half-way loses nothing.
-    pub fn dirty_images(&self) -> Vec<DirtyImage> {
-        let mut out = Vec::with_capacity(self.dirty.len());
-        for &id in &self.dirty {
-            let cached = &self.cache[&id];
-            out.push(DirtyImage {
-                id,
-                class: cached.object.class,
-                version: cached.version,
-                body: cached.object.to_bytes(),
-            });
-        }
-        out.sort_unstable_by_key(|i| i.id);
-        out
+    /// Every dirty object, shared, for a checkpoint at `applied_end` to
+    /// encode without the heap lock. They stay dirty until `install`ed at
+    /// their version, so a checkpoint that fails half-way loses nothing.
+    pub fn dirty_objects(&self) -> Vec<DirtyObject> {
+        self.dirty
+            .iter()
+            .map(|&id| {
+                let cached = &self.cache[&id];
+                DirtyObject {
+                    id,
+                    version: cached.version,
+                    object: Arc::clone(&cached.object),
+                }
+            })
+            .collect()
     }
 
     /// Points the table at an image now durable in a data segment. Returns

@@ -580,6 +580,9 @@ impl Drop for Store {
     }
 }
 
+/// Table entries a checkpoint installs per turn on the heap lock.
+const INSTALL_BATCH: usize = 1024;
+
 impl Inner {
     /// `Store::get`. An image not in the cache is read and checked outside
     /// the heap lock (a disk read must not stall commits and other
@@ -728,14 +731,18 @@ impl Inner {
         let mut m = lock(&self.maintenance);
         self.check_not_poisoned()?;
         self.apply_durable(None)?;
-        let (lsn, images, classes, roots, next_id) = {
+        let (lsn, mut dirty, classes, roots, next_id) = {
             let heap = lock(&self.heap);
-            let images = heap.dirty_images();
+            let dirty = heap.dirty_objects();
             let classes: Vec<ClassDef> = heap.classes.iter().map(|c| (**c).clone()).collect();
             let roots: Vec<(String, ObjectId)> =
                 heap.roots.iter().map(|(k, v)| (k.clone(), *v)).collect();
-            (heap.applied_end, images, classes, roots, heap.next_id)
+            (heap.applied_end, dirty, classes, roots, heap.next_id)
         };
+        // Encoded without the heap lock: commits and readers go on (an
+        // object changed meanwhile is copied on write, once).
+        dirty.sort_unstable_by_key(|d| d.id);
+        let images: Vec<Vec<u8>> = dirty.iter().map(|d| d.object.to_bytes()).collect();
         let mut report = CheckpointReport {
             lsn,
             ..Default::default()
@@ -745,22 +752,32 @@ impl Inner {
         }
         let written = self.write_images(
             &mut m,
-            images.iter().map(|i| (i.id, i.version, i.body.as_slice())),
+            dirty
+                .iter()
+                .zip(&images)
+                .map(|(d, body)| (d.id, d.version, body.as_slice())),
         )?;
-        {
+        // Installed a batch per turn on the heap lock: each entry points at
+        // an fsynced image, so the others may interleave.
+        let installs = dirty.iter().zip(written);
+        for batch in installs.collect::<Vec<_>>().chunks(INSTALL_BATCH) {
             let mut heap = lock(&self.heap);
-            for (image, (segment, offset, length)) in images.iter().zip(written) {
+            for (d, (segment, offset, length)) in batch {
                 let entry = TableEntry {
-                    version: image.version,
-                    segment,
-                    offset,
-                    length,
-                    class: image.class,
+                    version: d.version,
+                    segment: *segment,
+                    offset: *offset,
+                    length: *length,
+                    class: d.object.class,
                     flags: 0,
                 };
-                heap.install(image.id, entry, None)?;
-                report.image_bytes += u64::from(length);
+                heap.install(d.id, entry, None)?;
+                report.image_bytes += u64::from(*length);
             }
+        }
+        drop(dirty);
+        {
+            let mut heap = lock(&self.heap);
             heap.table.flush()?;
             heap.evict_all_over_budget();
         }
