@@ -185,9 +185,8 @@ pub fn parse_fraction(text: &str) -> Result<f64, String> {
     Ok(value)
 }
 
-/// One update transaction: `object` gets a random long (below 2^32, so a
-/// 1–5 byte varint) in each of `slots`, under the object's lock.
-/// A DNA writing a random long into each of `slots` of `object`.
+/// A DNA writing a random long (below 2^32, so a 1–5 byte varint) into
+/// each of `slots` of `object`.
 fn random_longs(object: ObjectId, slots: &[u32], rng: &mut Rng) -> Dna {
     let fields = slots
         .iter()
@@ -199,6 +198,8 @@ fn random_longs(object: ObjectId, slots: &[u32], rng: &mut Rng) -> Dna {
     }
 }
 
+/// One update transaction: `object` gets a random long in each of
+/// `slots`, under the object's lock.
 pub fn update_tx(client: u64, seq: u64, object: ObjectId, slots: &[u32], rng: &mut Rng) -> Vec<u8> {
     Transaction {
         client,
