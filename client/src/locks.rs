@@ -233,7 +233,6 @@ impl Client {
             if held.is_some() {
                 // A read hold and a writer: give it back, ask again.
                 let thread_held = lock(&local.state).server_thread;
-                local.settle().await;
                 release_at_server(&self.inner, key, thread_held, Bytes::new()).await?;
                 lock(&local.state).server = None;
             }
@@ -332,7 +331,6 @@ impl Client {
             // Still held here (greedily, or by other local readers).
             Ok(0)
         } else if server.is_some() {
-            local.settle().await;
             let released =
                 release_at_server(&self.inner, key, server_thread, transaction.clone()).await;
             lock(&local.state).server = None;
