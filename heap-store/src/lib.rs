@@ -25,6 +25,6 @@ pub mod table;
 
 pub use heap::{CacheStats, ENTRY_DELETED, Snapshot};
 pub use store::{
-    CheckpointReport, CleanReport, CommitTicket, GcReport, ID_BLOCK_MAX, OpenReport, SEGMENTS_DIR,
-    Store, StoreConfig, StoreStats, WAL_DIR,
+    CheckpointReport, CleanReport, CommitTicket, GcReport, Got, ID_BLOCK_MAX, ImageRead,
+    OpenReport, SEGMENTS_DIR, Store, StoreConfig, StoreStats, WAL_DIR,
 };

@@ -29,7 +29,7 @@ use crate::checkpoint::Checkpoint;
 use crate::datafile::{DataFiles, SegmentWriter, image_record_bytes};
 use crate::dna::Transaction;
 use crate::error::{Rejection, Result, StoreError};
-use crate::heap::{ApplyError, CacheStats, ENTRY_DELETED, Heap, Lookup, Snapshot};
+use crate::heap::{ApplyError, CacheStats, ENTRY_DELETED, Heap, ImageToRead, Lookup, Snapshot};
 use crate::model::{ClassDef, ClassId, ObjectId};
 use crate::records::{KIND_TRANSACTION, StoreRecord};
 use crate::sequencer::{DELETED, Sequencer};
@@ -377,7 +377,10 @@ impl Store {
         let faulted = tokio::task::spawn_blocking(move || {
             missing
                 .into_iter()
-                .try_for_each(|id| inner.get(id).map(drop))
+                .try_for_each(|id| match Inner::get_or_read(&inner, id)? {
+                    Got::Ready(_) => Ok(()),
+                    Got::Read(read) => read.finish().map(drop),
+                })
         })
         .await;
         match faulted {
@@ -476,7 +479,18 @@ impl Store {
     /// exist (never created, or deleted). A missing image is read from its
     /// data segment without holding the heap lock.
     pub fn get(&self, id: ObjectId) -> Result<Option<Snapshot>> {
-        self.inner.get(id)
+        match Inner::get_or_read(&self.inner, id)? {
+            Got::Ready(found) => Ok(found),
+            Got::Read(read) => read.finish(),
+        }
+    }
+
+    /// `get` in two steps, for callers that must not block on the disk:
+    /// `Ready` if the cache or the object table answers at once (the
+    /// object is cached, deleted or was never created), else the image to
+    /// read (`ImageRead::finish`, which may block).
+    pub fn get_or_read(&self, id: ObjectId) -> Result<Got> {
+        Inner::get_or_read(&self.inner, id)
     }
 
     pub fn root(&self, name: &str) -> Option<ObjectId> {
@@ -580,27 +594,54 @@ impl Drop for Store {
     }
 }
 
+/// What `Store::get_or_read` found.
+pub enum Got {
+    Ready(Option<Snapshot>),
+    Read(ImageRead),
+}
+
+/// An object whose image is not cached: `finish` reads and checks it
+/// outside the heap lock (a disk read must not stall commits and other
+/// readers), then caches it if the table still points at it; if the
+/// object changed meanwhile, or the read failed (the image may have
+/// moved), the lookup is made again under the lock, which reports a real
+/// failure with its place.
+pub struct ImageRead {
+    id: ObjectId,
+    to_read: ImageToRead,
+    inner: Arc<Inner>,
+}
+
+impl ImageRead {
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// Reads the image (blocking) and returns the object as `get` would.
+    pub fn finish(self) -> Result<Option<Snapshot>> {
+        let ImageRead { id, to_read, inner } = self;
+        if let Ok(object) = to_read.read()
+            && let Some(found) = lock(&inner.heap).install_read(to_read, object)?
+        {
+            return Ok(Some(found));
+        }
+        lock(&inner.heap).get(id)
+    }
+}
+
 /// Table entries a checkpoint installs per turn on the heap lock.
 const INSTALL_BATCH: usize = 1024;
 
 impl Inner {
-    /// `Store::get`. An image not in the cache is read and checked outside
-    /// the heap lock (a disk read must not stall commits and other
-    /// readers), then cached if the table still points at it; if the
-    /// object changed meanwhile, or the read failed (the image may have
-    /// moved), the lookup is made again under the lock, which reports a
-    /// real failure with its place.
-    fn get(&self, id: ObjectId) -> Result<Option<Snapshot>> {
-        let to_read = match lock(&self.heap).lookup(id)? {
-            Lookup::Answer(found) => return Ok(found),
-            Lookup::Read(to_read) => to_read,
-        };
-        if let Ok(object) = to_read.read()
-            && let Some(found) = lock(&self.heap).install_read(to_read, object)?
-        {
-            return Ok(Some(found));
-        }
-        lock(&self.heap).get(id)
+    fn get_or_read(inner: &Arc<Inner>, id: ObjectId) -> Result<Got> {
+        Ok(match lock(&inner.heap).lookup(id)? {
+            Lookup::Answer(found) => Got::Ready(found),
+            Lookup::Read(to_read) => Got::Read(ImageRead {
+                id,
+                to_read,
+                inner: Arc::clone(inner),
+            }),
+        })
     }
 
     fn check_not_poisoned(&self) -> Result<()> {
@@ -1190,7 +1231,7 @@ mod tests {
         !heap.is_cached(id)
     }
 
-    /// The race `Inner::get` guards against, made to happen: an image read
+    /// The race `ImageRead::finish` guards against, made to happen: an image read
     /// outside the lock is superseded (a commit, a checkpoint writing the
     /// newer image, an eviction) before it is installed. It must not be
     /// cached; the next read sees the newer state.

@@ -21,7 +21,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use tc_heap_store::{ClassDef, CommitTicket, ObjectId, Rejection, StoreError};
+use tc_heap_store::{
+    ClassDef, CommitTicket, Got, ImageRead, ObjectId, Rejection, Snapshot, StoreError,
+};
 use tc_protocol::client_message::Body as In;
 use tc_protocol::server_message::Body as Out;
 use tc_protocol::{
@@ -752,12 +754,18 @@ async fn handle_message(
                     ),
                 );
             }
+            let fetch = match start_fetch(&shared, handle, &fetch.ids) {
+                Ok(fetch) => fetch,
+                Err(refusal) => return handle.refuse(request, refusal),
+            };
+            if fetch.reads.is_empty() && fetch.items <= INLINE_ENCODE_ITEMS {
+                let objects = fetch.finish(&shared, &session);
+                return handle.answer(request, objects.map(|o| Some(Out::Objects(o))));
+            }
             spawn(Box::pin(async move {
-                let objects = tokio::task::spawn_blocking(move || {
-                    fetch_objects(&shared, &session, &fetch.ids)
-                })
-                .await
-                .map_err(|err| Refusal::new(ErrorCode::Unavailable, err.to_string()))??;
+                let objects = tokio::task::spawn_blocking(move || fetch.finish(&shared, &session))
+                    .await
+                    .map_err(|err| Refusal::new(ErrorCode::Unavailable, err.to_string()))??;
                 Ok(Some(Out::Objects(objects)))
             }))
         }
@@ -943,32 +951,83 @@ async fn finish_commit(
     Ok(lsn)
 }
 
-/// Reads objects for a session, which holds them from before the read (so
-/// a change applied after it is pushed).
-fn fetch_objects(
-    shared: &Shared,
-    session: &SessionHandle,
-    ids: &[u64],
-) -> Result<Objects, Refusal> {
-    let mut objects = Objects::default();
+/// A fetch answered from the cache at once needs no blocking thread, as
+/// long as encoding its objects is short: at most this many fields or
+/// elements in all.
+const INLINE_ENCODE_ITEMS: usize = 4096;
+
+/// What a fetch found without reading the disk, and the images left to
+/// read. The session holds every object from before its lookup, so a
+/// change applied after it is pushed.
+struct Fetch {
+    found: Vec<(ObjectId, Snapshot)>,
+    missing: Vec<u64>,
+    reads: Vec<ImageRead>,
+    /// Fields and elements of the objects found.
+    items: usize,
+}
+
+fn start_fetch(shared: &Shared, session: &SessionHandle, ids: &[u64]) -> Result<Fetch, Refusal> {
+    let mut fetch = Fetch {
+        found: Vec::with_capacity(ids.len()),
+        missing: Vec::new(),
+        reads: Vec::new(),
+        items: 0,
+    };
     for &id in ids {
         let id = ObjectId(id);
         if id.0 == 0 {
-            objects.missing.push(0);
+            fetch.missing.push(0);
             continue;
         }
         session.hold(shared, id);
-        match shared.store.get(id)? {
-            Some(snapshot) => objects.objects.push(ObjectData {
-                id: id.0,
-                version: snapshot.version.0,
-                body: snapshot.object.to_bytes().into(),
-            }),
+        match shared.store.get_or_read(id)? {
+            Got::Ready(found) => fetch.add(shared, session, id, found),
+            Got::Read(read) => fetch.reads.push(read),
+        }
+    }
+    Ok(fetch)
+}
+
+impl Fetch {
+    fn add(
+        &mut self,
+        shared: &Shared,
+        session: &SessionHandle,
+        id: ObjectId,
+        found: Option<Snapshot>,
+    ) {
+        match found {
+            Some(snapshot) => {
+                self.items += snapshot.object.len();
+                self.found.push((id, snapshot));
+            }
             None => {
                 session.drop_held(shared, id);
-                objects.missing.push(id.0);
+                self.missing.push(id.0);
             }
         }
     }
-    Ok(objects)
+
+    /// Reads what is left to read (blocking) and encodes the reply.
+    fn finish(mut self, shared: &Shared, session: &SessionHandle) -> Result<Objects, Refusal> {
+        for read in std::mem::take(&mut self.reads) {
+            let id = read.id();
+            let found = read.finish()?;
+            self.add(shared, session, id, found);
+        }
+        let objects = self
+            .found
+            .into_iter()
+            .map(|(id, snapshot)| ObjectData {
+                id: id.0,
+                version: snapshot.version.0,
+                body: snapshot.object.to_bytes().into(),
+            })
+            .collect();
+        Ok(Objects {
+            objects,
+            missing: self.missing,
+        })
+    }
 }

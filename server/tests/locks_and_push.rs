@@ -7,8 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tc_client::{LockKey, LockMode};
-use tc_model::dna::LockRef;
+use tc_client::{Client, LockKey, LockMode};
+use tc_model::dna::{Dna, LockRef, Transaction};
+use tc_model::{ClassId, ObjectId, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_under_a_lock_is_pushed_to_holders_and_seen_after_the_lock() {
@@ -419,4 +420,94 @@ async fn a_released_lock_leaves_no_state_in_the_client() {
     .await;
     assert_eq!(plain.locks_with_state(), 0);
     assert_eq!(greedy.holds_at_server(&greedy_keys[0]), None);
+}
+
+/// Objects evicted from the server's cache are read back from the data
+/// segments when a client faults them in (on a blocking thread, not on the
+/// session's); they arrive whole, and later changes to them are pushed to
+/// that client like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_faulted_in_from_disk_arrive_whole_and_get_pushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tc.toml");
+    std::fs::write(&config, "cache_bytes = 1048576\n").unwrap();
+    let config = config.to_str().unwrap();
+    let server = TestServer::start(
+        &dir.path().join("data"),
+        &["--config", config, "--metrics-listen", "127.0.0.1:0"],
+    );
+    let a = server.client(1).await;
+    let class = a.register_class(&counter_class()).await.unwrap();
+    // Each generation is ~1.8 MB in the cache. The second, committed after
+    // a checkpoint made the first clean, evicts most of the first.
+    let first = create_counters(&a, class, 5000).await;
+    let mut admin = tc_protocol::tc_client::TcClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    admin
+        .checkpoint(tc_protocol::CheckpointRequest {})
+        .await
+        .unwrap();
+    create_counters(&a, class, 5000).await;
+    let misses = || async { value(&server.metrics_text().await, "tc_cache_misses_total") };
+    let misses_before = misses().await;
+
+    let b = server.client(2).await;
+    for chunk in first.chunks(1000) {
+        b.fetch(chunk).await.unwrap();
+    }
+    let read_from_disk = misses().await - misses_before;
+    assert!(
+        read_from_disk >= 1000.0,
+        "only {read_from_disk} of 5000 fetches missed the cache"
+    );
+    for (n, &id) in first.iter().enumerate() {
+        let cached = b.object(id).await.unwrap().expect("fetched");
+        assert_eq!(cached.object.field(0), Some(&Value::Long(n as i64)), "{id}");
+        assert_eq!(
+            cached.object.field(1),
+            Some(&Value::String(note(n))),
+            "{id}"
+        );
+    }
+
+    let id = first[4321];
+    let key = LockKey::Object(id.0);
+    a.lock(&key, 1, LockMode::Write).await.unwrap();
+    a.unlock(&key, 1, set_value(&a, id, -1, LockRef::Object(id)))
+        .await
+        .unwrap();
+    eventually("the push to reach B", || b.pushes_applied() >= 1).await;
+    assert_eq!(value_of(&b, id).await, -1);
+}
+
+fn note(n: usize) -> String {
+    format!("{n:0>200}")
+}
+
+/// Creates `count` counters, the n-th with value n and note `note(n)`.
+async fn create_counters(client: &Client, class: ClassId, count: usize) -> Vec<ObjectId> {
+    let ids: Vec<ObjectId> = client
+        .allocate_ids(count as u64)
+        .await
+        .unwrap()
+        .map(ObjectId)
+        .collect();
+    for (chunk_index, chunk) in ids.chunks(1000).enumerate() {
+        let dnas = chunk.iter().enumerate().map(|(i, &id)| {
+            let n = chunk_index * 1000 + i;
+            Dna::new_object(id, class)
+                .field(0, Value::Long(n as i64))
+                .field(1, Value::String(note(n)))
+        });
+        let tx = Transaction {
+            client: client.client_id(),
+            seq: client.next_seq(),
+            lock: LockRef::None,
+            roots: vec![],
+            dnas: dnas.collect(),
+        };
+        client.commit(tx.encode()).await.unwrap();
+    }
+    ids
 }
