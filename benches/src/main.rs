@@ -110,6 +110,7 @@ mod tests {
         assert_eq!(args.committers, vec![1, 16, 64]);
         assert_eq!((args.fields.min, args.fields.max), (1, 8));
         assert_eq!((args.seconds, args.warmup_seconds), (5.0, 1.0));
+        assert_eq!(args.rounds, 5);
         let Command::StoreRead(args) = parse_command(&["store-read"]).expect("parse") else {
             panic!("not store-read");
         };
@@ -255,6 +256,7 @@ mod tests {
         assert_eq!(args.backends(), vec![Backend::Uring, Backend::Portable]);
         assert_eq!(args.record_bytes, 64);
         assert_eq!(args.seconds, 5.0);
+        assert_eq!(args.rounds, 5);
         assert!(!args.json);
         assert!(args.dir.is_none());
     }
@@ -282,8 +284,9 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected_naming_the_flag() {
-        let cases: [(&[&str], &str); 5] = [
+        let cases: [(&[&str], &str); 6] = [
             (&["--producers", "1,0,4"], "--producers"),
+            (&["--rounds", "0"], "--rounds"),
             (&["--producers", "1,x"], "--producers"),
             (&["--backend", "uring,aio"], "--backend"),
             (&["--seconds", "0"], "--seconds"),

@@ -1,9 +1,10 @@
 //! The `store-commit` workload: N committer threads, each owning one
 //! `bench.Plain8` object (created up front), each looping `Store::commit`
 //! of a transaction that writes a random number of that object's fields.
-//! After each store run, the raw WAL is measured with the same number of
-//! producers and the mean encoded transaction size as its record size (the
-//! `wal` workload's own `run_one`), giving `ratio_vs_wal`.
+//! Each run is split into `--rounds` rounds, alternating with rounds of the
+//! raw WAL with the same number of producers and the first round's mean
+//! encoded transaction size as its record size (the `wal` workload's own
+//! `measure`), giving `ratio_vs_wal` from the same stretch of time.
 //!
 //! Owns: the `store-commit` arguments, one fresh store directory per run
 //! (removed after it), the committer threads and the measured window.
@@ -53,9 +54,14 @@ pub struct StoreCommitArgs {
     /// as long.
     #[arg(long, default_value_t = 5.0, value_parser = wal_bench::parse_seconds, allow_negative_numbers = true)]
     pub seconds: f64,
-    /// Warm-up seconds per run, excluded from every number.
+    /// Warm-up seconds per round, excluded from every number.
     #[arg(long, default_value_t = 1.0, value_parser = wal_bench::parse_seconds, allow_negative_numbers = true)]
     pub warmup_seconds: f64,
+    /// Rounds each run is split into, the store and its raw-WAL baseline
+    /// taking turns round by round, so both meet the same disk: its
+    /// fdatasync latency drifts by tens of percent within minutes here.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rounds: u32,
     /// WAL backend of the store and of the baseline. Default: io_uring when
     /// available, else portable.
     #[arg(long)]
@@ -145,35 +151,58 @@ pub fn run_all(
     );
     let mut rows = Vec::new();
     for &committers in &args.committers {
+        let round_seconds = args.seconds / f64::from(args.rounds);
+        let mut store_run = StoreRun::default();
+        let mut wal = wal_bench::Measured::default();
+        let mut wal_args = None;
+        for round in 1..=args.rounds {
+            eprintln!(
+                "running store-commit: backend {backend}, {committers} committers, fields {}-{}, round {round} of {}: {round_seconds} s (+{} s warm-up)",
+                args.fields.min, args.fields.max, args.rounds, args.warmup_seconds
+            );
+            store_run.add(run_store(
+                args,
+                bench_dir.path(),
+                backend,
+                committers,
+                round_seconds,
+            )?);
+            // The baseline's records are the size of the store's mean
+            // transaction in the first round.
+            let wal_args = wal_args.get_or_insert_with(|| WalArgs {
+                producers: vec![committers],
+                backend: vec![backend_arg(backend)],
+                record_bytes: (store_run.mean_tx_bytes().round() as u32).max(1),
+                seconds: args.seconds,
+                warmup_seconds: args.warmup_seconds,
+                rounds: args.rounds,
+                writes_in_flight: None,
+                json: args.json,
+                dir: Some(bench_dir.path().to_owned()),
+            });
+            eprintln!(
+                "running the raw WAL baseline: {committers} producers, {} B records, round {round} of {}",
+                wal_args.record_bytes, args.rounds
+            );
+            wal.add(wal_bench::measure(
+                wal_args,
+                bench_dir.path(),
+                backend,
+                committers,
+                args.rounds,
+            )?);
+        }
+        let wal_record_bytes = wal_args.map_or(1, |a| a.record_bytes);
+        let latency = LatencySummary::of(&store_run.histogram);
+        let wal_latency = LatencySummary::of(&wal.histogram);
+        let tx_per_sec = latency.count as f64 / store_run.seconds;
+        let wal_records_per_sec = wal_latency.count as f64 / wal.seconds;
         eprintln!(
-            "running store-commit: backend {backend}, {committers} committers, fields {}-{}, {} s (+{} s warm-up)",
-            args.fields.min, args.fields.max, args.seconds, args.warmup_seconds
+            "  store {tx_per_sec:.0} tx/s, p50 {} us, {:.1} records/fsync, mean tx {:.1} B; raw WAL {wal_records_per_sec:.0} records/s",
+            latency.p50_us,
+            store_run.records_per_fsync(),
+            store_run.mean_tx_bytes()
         );
-        let store_run = run_store(args, bench_dir.path(), backend, committers)?;
-        eprintln!(
-            "  {:.0} tx/s, p50 {} us, p99 {} us, {:.1} records/fsync, mean tx {:.1} B",
-            store_run.tx_per_sec,
-            store_run.latency.p50_us,
-            store_run.latency.p99_us,
-            store_run.records_per_fsync,
-            store_run.mean_tx_bytes
-        );
-        let wal_record_bytes = (store_run.mean_tx_bytes.round() as u32).max(1);
-        let wal_args = WalArgs {
-            producers: vec![committers],
-            backend: vec![backend_arg(backend)],
-            record_bytes: wal_record_bytes,
-            seconds: args.seconds,
-            warmup_seconds: args.warmup_seconds,
-            writes_in_flight: None,
-            json: args.json,
-            dir: Some(bench_dir.path().to_owned()),
-        };
-        eprintln!(
-            "running the raw WAL baseline: {committers} producers, {wal_record_bytes} B records"
-        );
-        let wal = wal_bench::run_one(&wal_args, bench_dir.path(), backend, committers, &fdatasync)?;
-        eprintln!("  {:.0} records/s", wal.records_per_sec);
         let row = StoreCommitRow {
             bench: "store-commit",
             workload: "store-commit",
@@ -182,25 +211,29 @@ pub fn run_all(
             mode: if args.tasks { "tasks" } else { "threads" },
             fields_min: args.fields.min,
             fields_max: args.fields.max,
-            seconds: args.seconds,
+            seconds: store_run.seconds,
             warmup_seconds: args.warmup_seconds,
-            transactions: store_run.latency.count,
-            tx_per_sec: store_run.tx_per_sec,
-            p50_us: store_run.latency.p50_us,
-            p99_us: store_run.latency.p99_us,
-            p999_us: store_run.latency.p999_us,
-            max_us: store_run.latency.max_us,
-            mean_tx_bytes: store_run.mean_tx_bytes,
-            wal_records_per_fsync: store_run.records_per_fsync,
+            transactions: latency.count,
+            tx_per_sec,
+            p50_us: latency.p50_us,
+            p99_us: latency.p99_us,
+            p999_us: latency.p999_us,
+            max_us: latency.max_us,
+            mean_tx_bytes: store_run.mean_tx_bytes(),
+            wal_records_per_fsync: store_run.records_per_fsync(),
             wal_syncs: store_run.syncs,
             checkpoints_in_window: store_run.checkpoints,
             wal_record_bytes,
-            wal_records_per_sec: wal.records_per_sec,
-            wal_p50_us: wal.p50_us,
-            wal_p99_us: wal.p99_us,
-            wal_baseline_records_per_fsync: wal.records_per_fsync,
-            ratio_vs_wal: if wal.records_per_sec > 0.0 {
-                store_run.tx_per_sec / wal.records_per_sec
+            wal_records_per_sec,
+            wal_p50_us: wal_latency.p50_us,
+            wal_p99_us: wal_latency.p99_us,
+            wal_baseline_records_per_fsync: if wal.stats.syncs == 0 {
+                0.0
+            } else {
+                wal.stats.records as f64 / wal.stats.syncs as f64
+            },
+            ratio_vs_wal: if wal_records_per_sec > 0.0 {
+                tx_per_sec / wal_records_per_sec
             } else {
                 0.0
             },
@@ -255,13 +288,55 @@ pub fn table(rows: &[StoreCommitRow]) -> String {
     report::render_table(&HEADER, &cells)
 }
 
+/// What one or more rounds of a store run measured.
 struct StoreRun {
-    latency: LatencySummary,
-    tx_per_sec: f64,
-    mean_tx_bytes: f64,
-    records_per_fsync: f64,
+    histogram: Histogram<u64>,
+    tx_bytes: u64,
+    /// WAL records and syncs in the measured windows.
+    records: u64,
     syncs: u64,
     checkpoints: u64,
+    seconds: f64,
+}
+
+impl Default for StoreRun {
+    fn default() -> StoreRun {
+        StoreRun {
+            histogram: report::latency_histogram(),
+            tx_bytes: 0,
+            records: 0,
+            syncs: 0,
+            checkpoints: 0,
+            seconds: 0.0,
+        }
+    }
+}
+
+impl StoreRun {
+    fn add(&mut self, round: StoreRun) {
+        self.histogram
+            .add(&round.histogram)
+            .expect("histograms share their bounds");
+        self.tx_bytes += round.tx_bytes;
+        self.records += round.records;
+        self.syncs += round.syncs;
+        self.checkpoints += round.checkpoints;
+        self.seconds += round.seconds;
+    }
+
+    fn mean_tx_bytes(&self) -> f64 {
+        match self.histogram.len() {
+            0 => 0.0,
+            n => self.tx_bytes as f64 / n as f64,
+        }
+    }
+
+    fn records_per_fsync(&self) -> f64 {
+        match self.syncs {
+            0 => 0.0,
+            n => self.records as f64 / n as f64,
+        }
+    }
 }
 
 /// What one committer measured in the window.
@@ -275,6 +350,7 @@ fn run_store(
     bench_dir: &Path,
     backend: Backend,
     committers: u32,
+    seconds: f64,
 ) -> Result<StoreRun, StoreBenchError> {
     let store_dir = tempfile::Builder::new()
         .prefix(&format!("store-commit-c{committers}-"))
@@ -312,7 +388,7 @@ fn run_store(
 
     let window = Window::starting_now(
         Duration::from_secs_f64(args.warmup_seconds),
-        Duration::from_secs_f64(args.seconds),
+        Duration::from_secs_f64(seconds),
     );
     let failed = AtomicBool::new(false);
     let (results, before, after, checkpoints, store) = if args.tasks {
@@ -386,23 +462,14 @@ fn run_store(
     store.close().map_err(store_err("closing the store"))?;
     drop(store_dir);
 
-    let latency = LatencySummary::of(&histogram);
     let (records, syncs) = wal_delta(&before, &after);
     Ok(StoreRun {
-        latency,
-        tx_per_sec: latency.count as f64 / args.seconds,
-        mean_tx_bytes: if latency.count == 0 {
-            0.0
-        } else {
-            tx_bytes as f64 / latency.count as f64
-        },
-        records_per_fsync: if syncs == 0 {
-            0.0
-        } else {
-            records as f64 / syncs as f64
-        },
+        histogram,
+        tx_bytes,
+        records,
         syncs,
         checkpoints,
+        seconds,
     })
 }
 

@@ -57,9 +57,14 @@ pub struct WalArgs {
     /// Measured seconds per run (after the warm-up).
     #[arg(long, default_value_t = 5.0, value_parser = parse_seconds, allow_negative_numbers = true)]
     pub seconds: f64,
-    /// Warm-up seconds per run, excluded from every number.
+    /// Warm-up seconds per round, excluded from every number.
     #[arg(long, default_value_t = 0.5, value_parser = parse_seconds, allow_negative_numbers = true)]
     pub warmup_seconds: f64,
+    /// Rounds each run is split into, the backends taking turns round by
+    /// round at each producer count, so both meet the same disk: its
+    /// fdatasync latency drifts by tens of percent within minutes here.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rounds: u32,
     /// Writes the io_uring backend keeps in flight (`WalConfig::writes_in_flight`;
     /// the portable backend always has one). Default: the WAL's default.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -159,20 +164,33 @@ pub fn run_all(args: &WalArgs, on_row: &mut dyn FnMut(&WalRow)) -> Result<Vec<Wa
         "fdatasync: p50 {} us, p99 {} us ({} samples)",
         fdatasync.p50_us, fdatasync.p99_us, fdatasync.count
     );
-    let mut rows = Vec::new();
+    let mut backends = Vec::new();
     for backend in args.backends() {
-        if let Err(reason) = backend_available(backend) {
-            eprintln!("skipping backend {backend}: {reason}");
-            continue;
+        match backend_available(backend) {
+            Ok(()) => backends.push(backend),
+            Err(reason) => eprintln!("skipping backend {backend}: {reason}"),
         }
-        for &producers in &args.producers {
+    }
+    let mut rows = Vec::new();
+    for &producers in &args.producers {
+        let mut runs: Vec<Measured> = backends.iter().map(|_| Measured::default()).collect();
+        for round in 1..=args.rounds {
+            for (backend, run) in backends.iter().zip(&mut runs) {
+                eprintln!(
+                    "running wal: backend {backend}, {producers} producers, {} B records, round {round} of {}: {} s (+{} s warm-up)",
+                    args.record_bytes,
+                    args.rounds,
+                    args.seconds / f64::from(args.rounds),
+                    args.warmup_seconds
+                );
+                let round = measure(args, bench_dir.path(), *backend, producers, args.rounds)?;
+                run.add(round);
+            }
+        }
+        for (backend, run) in backends.iter().zip(&runs) {
+            let row = wal_row(args, *backend, producers, run, &fdatasync);
             eprintln!(
-                "running wal: backend {backend}, {producers} producers, {} B records, {} s (+{} s warm-up)",
-                args.record_bytes, args.seconds, args.warmup_seconds
-            );
-            let row = run_one(args, bench_dir.path(), backend, producers, &fdatasync)?;
-            eprintln!(
-                "  {:.0} records/s, p50 {} us, p99 {} us, {:.1} records/fsync",
+                "  {backend}: {:.0} records/s, p50 {} us, p99 {} us, {:.1} records/fsync",
                 row.records_per_sec, row.p50_us, row.p99_us, row.records_per_fsync
             );
             on_row(&row);
@@ -232,16 +250,49 @@ impl BenchDir {
     }
 }
 
-/// One WAL run: `producers` tasks on `backend` in a fresh WAL directory
-/// under `bench_dir` (removed afterwards). Other workloads call this for
-/// their raw-WAL baseline (`store-commit`'s `ratio_vs_wal`).
-pub(crate) fn run_one(
+/// What one or more rounds of a run measured.
+pub(crate) struct Measured {
+    pub histogram: Histogram<u64>,
+    pub stats: WalStats,
+    pub seconds: f64,
+}
+
+impl Default for Measured {
+    fn default() -> Measured {
+        Measured {
+            histogram: report::latency_histogram(),
+            stats: WalStats::default(),
+            seconds: 0.0,
+        }
+    }
+}
+
+impl Measured {
+    pub(crate) fn add(&mut self, round: Measured) {
+        self.histogram
+            .add(&round.histogram)
+            .expect("histograms share their bounds");
+        self.stats = WalStats {
+            records: self.stats.records + round.stats.records,
+            syncs: self.stats.syncs + round.stats.syncs,
+            bytes: self.stats.bytes + round.stats.bytes,
+            spare_misses: self.stats.spare_misses + round.stats.spare_misses,
+        };
+        self.seconds += round.seconds;
+    }
+}
+
+/// One round of a run: `producers` tasks on `backend`, a warm-up, then
+/// `seconds / rounds` measured, in a fresh WAL directory under `bench_dir`
+/// (removed afterwards). `store-commit` calls this for its raw-WAL
+/// baseline (`ratio_vs_wal`).
+pub(crate) fn measure(
     args: &WalArgs,
     bench_dir: &Path,
     backend: Backend,
     producers: u32,
-    fdatasync: &LatencySummary,
-) -> Result<WalRow, BenchError> {
+    rounds: u32,
+) -> Result<Measured, BenchError> {
     let wal_error = |source| BenchError::Wal {
         backend,
         producers,
@@ -275,15 +326,12 @@ pub(crate) fn run_one(
         .build()
         .map_err(BenchError::Runtime)?;
     let payload = Bytes::from(vec![0x5Au8; args.record_bytes as usize]);
+    let seconds = args.seconds / f64::from(rounds);
     let warmup = Duration::from_secs_f64(args.warmup_seconds);
-    let measured = Duration::from_secs_f64(args.seconds);
+    let measured = Duration::from_secs_f64(seconds);
 
-    let (histogram, stats_delta) = runtime.block_on(async {
-        let start = Instant::now();
-        let window = Window {
-            measure_from: start + warmup,
-            until: start + warmup + measured,
-        };
+    let (histogram, stats) = runtime.block_on(async {
+        let window = Window::starting_now(warmup, measured);
         let tasks: Vec<_> = (0..producers)
             .map(|_| tokio::spawn(produce(wal.clone(), payload.clone(), window)))
             .collect();
@@ -303,33 +351,46 @@ pub(crate) fn run_one(
     drop(runtime);
     wal.close();
     drop(wal_dir);
+    Ok(Measured {
+        histogram,
+        stats,
+        seconds,
+    })
+}
 
-    let latency = LatencySummary::of(&histogram);
-    let records_per_fsync = if stats_delta.syncs == 0 {
+fn wal_row(
+    args: &WalArgs,
+    backend: Backend,
+    producers: u32,
+    run: &Measured,
+    fdatasync: &LatencySummary,
+) -> WalRow {
+    let latency = LatencySummary::of(&run.histogram);
+    let records_per_fsync = if run.stats.syncs == 0 {
         0.0
     } else {
-        stats_delta.records as f64 / stats_delta.syncs as f64
+        run.stats.records as f64 / run.stats.syncs as f64
     };
-    Ok(WalRow {
+    WalRow {
         bench: "wal",
         workload: "wal",
         backend: backend.name(),
         producers,
         record_bytes: args.record_bytes,
-        seconds: args.seconds,
+        seconds: run.seconds,
         warmup_seconds: args.warmup_seconds,
         records: latency.count,
-        records_per_sec: latency.count as f64 / args.seconds,
+        records_per_sec: latency.count as f64 / run.seconds,
         p50_us: latency.p50_us,
         p99_us: latency.p99_us,
         p999_us: latency.p999_us,
         max_us: latency.max_us,
         records_per_fsync,
-        syncs: stats_delta.syncs,
+        syncs: run.stats.syncs,
         fdatasync_p50_us: fdatasync.p50_us,
         fdatasync_p99_us: fdatasync.p99_us,
-        spare_misses: stats_delta.spare_misses,
-    })
+        spare_misses: run.stats.spare_misses,
+    }
 }
 
 /// The warm-up end and the end of a measured window (shared by workloads).
@@ -388,6 +449,7 @@ mod tests {
             record_bytes: 64,
             seconds: 0.3,
             warmup_seconds: 0.1,
+            rounds: 1,
             writes_in_flight: None,
             json: true,
             dir: Some(dir.path().to_owned()),

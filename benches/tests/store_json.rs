@@ -101,7 +101,9 @@ fn store_commit_reports_throughput_latency_and_the_wal_ratio() {
         assert!(u64_of(row, "p99_us") <= u64_of(row, "p999_us"));
         let tx_bytes = f64_of(row, "mean_tx_bytes");
         assert!((10.0..200.0).contains(&tx_bytes), "{row}");
-        assert_eq!(u64_of(row, "wal_record_bytes"), tx_bytes.round() as u64);
+        // The baseline's records are the first round's mean transaction.
+        let record_bytes = u64_of(row, "wal_record_bytes") as f64;
+        assert!((record_bytes - tx_bytes).abs() <= 2.0, "{row}");
         assert!(f64_of(row, "wal_records_per_fsync") >= 1.0, "{row}");
         assert!(f64_of(row, "wal_records_per_sec") > 0.0, "{row}");
         let ratio = f64_of(row, "ratio_vs_wal");
