@@ -188,7 +188,14 @@ impl Store {
     pub fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
-        let wal = Wal::open(dir.join(WAL_DIR), config.wal.clone())?;
+        // Replay reads every record from the checkpoint on and checks each
+        // frame, so the WAL need not read those segments first as well.
+        let wal = match Checkpoint::read(&dir) {
+            Ok(Some(checkpoint)) => {
+                Wal::open_to_read_from(dir.join(WAL_DIR), config.wal.clone(), checkpoint.lsn)?
+            }
+            _ => Wal::open(dir.join(WAL_DIR), config.wal.clone())?,
+        };
         let checkpoint = read_or_create_checkpoint(&dir, &wal)?;
         let table = ObjectTable::open(dir.join(TABLE_FILE_NAME))?;
         let files = Arc::new(DataFiles::open_dir(dir.join(SEGMENTS_DIR))?);

@@ -225,3 +225,65 @@ fn a_flipped_byte_in_a_data_segment_fails_that_object_only() {
         .block_on(store.commit_async(update(12, ids[2], 100)))
         .expect("other objects still commit");
 }
+
+/// With the WAL in many segments, the open leaves the segments after the
+/// checkpoint to replay's reader (they are not read twice); damage in one
+/// of them is still refused at open, naming the file and the offset.
+#[test]
+fn a_flipped_byte_in_a_wal_segment_after_the_checkpoint_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut config = config();
+        config.wal.segment_bytes = 64 << 10;
+        config.wal.max_record_bytes = 8 << 10;
+        config
+    };
+    let store = Store::open(dir.path(), config()).unwrap();
+    let class = store
+        .register_class(&ClassDef::plain(
+            "c.Note",
+            &[("text", FieldKind::Scalar(ScalarKind::String))],
+        ))
+        .unwrap();
+    let id = ObjectId(store.allocate_ids(1).unwrap().start);
+    commit(&store, 1, vec![Dna::new_object(id, class)]);
+    let checkpoint = store.checkpoint().unwrap().lsn;
+    // ~250 KB of updates after the checkpoint: four or more segments.
+    let mut lsns = Vec::new();
+    for seq in 2..1000u64 {
+        let text = format!("{seq:0>240}");
+        let tx = Transaction {
+            client: 1,
+            seq,
+            lock: LockRef::None,
+            roots: vec![],
+            dnas: vec![Dna::update(id).field(0, Value::String(text))],
+        };
+        lsns.push(store.commit(tx.encode()).unwrap());
+    }
+    drop(store);
+    let segments = std::fs::read_dir(dir.path().join(WAL_DIR))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "wal"))
+        .count();
+    assert!(segments >= 4, "{segments} WAL segments");
+    // A record in the second segment after the checkpoint's: neither the
+    // checkpoint's segment nor the last.
+    let (checkpoint_segment, _) = wal_place(dir.path(), checkpoint);
+    let victim = lsns
+        .iter()
+        .copied()
+        .filter(|lsn| wal_place(dir.path(), *lsn).0 != checkpoint_segment)
+        .nth(50)
+        .unwrap();
+    let (path, offset) = wal_place(dir.path(), victim);
+    flip(&path, offset + tc_wal::format::FRAME_HEADER_BYTES as u64 + 2);
+    let msg = message(Store::open(dir.path(), config()));
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(msg.contains(name), "{msg}");
+    assert!(msg.contains(&format!("offset {offset}")), "{msg}");
+    flip(&path, offset + tc_wal::format::FRAME_HEADER_BYTES as u64 + 2);
+    let store = Store::open(dir.path(), config()).expect("undoing the flip restores the store");
+    let text = store.get(id).unwrap().unwrap().object.field(0).cloned();
+    assert_eq!(text, Some(Value::String(format!("{:0>240}", 999))));
+}

@@ -297,8 +297,25 @@ impl Drop for Inner {
 impl Wal {
     /// Opens (creating if needed) the WAL in `dir`, recovering what is there.
     pub fn open(dir: impl AsRef<Path>, config: WalConfig) -> Result<Wal> {
+        Wal::open_with(dir.as_ref(), config, None)
+    }
+
+    /// `open` for a caller that reads every record from `read_from` on
+    /// right after (store replay): the segments that start at or after it,
+    /// other than the last, are not read at open but left to that reader,
+    /// which checks each frame as recovery would and fails on damage or a
+    /// gap with the same errors. Saves reading them twice.
+    pub fn open_to_read_from(
+        dir: impl AsRef<Path>,
+        config: WalConfig,
+        read_from: Lsn,
+    ) -> Result<Wal> {
+        Wal::open_with(dir.as_ref(), config, Some(read_from))
+    }
+
+    fn open_with(dir: &Path, config: WalConfig, read_from: Option<Lsn>) -> Result<Wal> {
         config.validate()?;
-        let dir = dir.as_ref().to_owned();
+        let dir = dir.to_owned();
         fs::create_dir_all(&dir).map_err(|e| WalError::io("creating directory", &dir, e))?;
         let lock_file = lock_dir(&dir)?;
         let spares = Arc::new(Spares::open(
@@ -306,7 +323,7 @@ impl Wal {
             config.segment_bytes,
             config.spare_segments,
         )?);
-        let (segments, active, report) = match recovery::recover(&dir)? {
+        let (segments, active, report) = match recovery::recover(&dir, read_from)? {
             Some(recovered) => (recovered.segments, recovered.active, recovered.report),
             None => create_first_segment(&dir, &spares, &config)?,
         };

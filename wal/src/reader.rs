@@ -171,20 +171,30 @@ impl WalReader {
                 WalError::io("opening segment for reading", &info.path, e)
             }
         })?;
+        advise_will_need(&file, &info, self.position, self.shared.durable_end());
         self.segment = Some(OpenSegment { info, file });
         self.buffer.clear();
         Ok(())
     }
 
     /// Called when the frame at `position` is not there: the next segment
-    /// must start exactly at `position`.
+    /// must start exactly at `position`. If a later segment exists, this
+    /// segment was complete and durable before it was installed, so a
+    /// frame missing here is a gap (zeroes or a stale frame: the data ends
+    /// early) or damage, reported as recovery reports them (it leaves such
+    /// segments to the reader when asked to, see `Wal::open_to_read_from`).
     fn advance_segment(&mut self, cause: FrameError) -> Result<()> {
-        let next = {
+        let (next, later) = {
             let segments = self.shared.segments();
-            segments
+            let next = segments
                 .iter()
                 .find(|s| s.first_lsn == self.position)
-                .cloned()
+                .cloned();
+            let later = segments
+                .iter()
+                .find(|s| s.first_lsn > self.position)
+                .cloned();
+            (next, later)
         };
         if let Some(next) = next {
             return self.open(next);
@@ -196,15 +206,31 @@ impl WalReader {
                 first,
             });
         }
-        let path = self
+        let (path, segment_first) = self
             .segment
             .as_ref()
-            .map(|s| s.info.path.clone())
+            .map(|s| (s.info.path.clone(), s.info.first_lsn))
             .unwrap_or_default();
-        Err(WalError::NotRecordBoundary {
-            lsn: self.position,
-            path,
-            cause,
+        Err(match (later, cause) {
+            (Some(later), FrameError::Empty { .. } | FrameError::LsnMismatch { .. }) => {
+                WalError::Gap {
+                    path,
+                    end: self.position,
+                    next_path: later.path,
+                    next_first: later.first_lsn,
+                }
+            }
+            (Some(_), cause) => WalError::DamagedBeforeNextSegment {
+                path,
+                offset: SEGMENT_HEADER_BYTES as u64 + (self.position.0 - segment_first.0),
+                lsn: self.position,
+                cause,
+            },
+            (None, cause) => WalError::NotRecordBoundary {
+                lsn: self.position,
+                path,
+                cause,
+            },
         })
     }
 
@@ -276,4 +302,23 @@ impl WalReader {
         let start = (offset - self.buffer_offset) as usize;
         Ok(self.buffer.get(start..start + len).unwrap_or_default())
     }
+}
+
+/// Asks the kernel to start reading the segment's durable bytes from
+/// `from` on, so a reader going through them (replay, with a cold page
+/// cache) finds them read ahead instead of waiting for each chunk. Only a
+/// hint: failure changes nothing.
+fn advise_will_need(file: &File, info: &SegmentInfo, from: Lsn, durable: Lsn) {
+    use std::os::fd::AsRawFd;
+    let start = from.max(info.first_lsn);
+    if durable <= start {
+        return;
+    }
+    let offset = SEGMENT_HEADER_BYTES as u64 + (start.0 - info.first_lsn.0);
+    let len = durable.0 - start.0;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a plain advisory call on an open descriptor; no memory is passed.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_WILLNEED) };
 }

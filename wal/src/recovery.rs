@@ -11,6 +11,12 @@
 //! | the last segment          | zeroes or stale frames of another LSN     | clean end |
 //! | the last segment          | damage, then only frames of the same write| torn tail: zero it, log it, carry on |
 //!
+//! A caller that reads every record from some LSN on right after opening
+//! (store replay) may leave the segments that start at or after it, other
+//! than the last, unread here (`read_from`): its reader checks each of
+//! their frames as this scan would, and reports damage or a gap there with
+//! the same errors (`WalReader`). Their headers are still checked.
+//!
 //! Invariant: recovery never moves data; the only write it makes is zeroing
 //! a torn tail of the last segment (and extending a short last file).
 
@@ -33,7 +39,10 @@ pub(crate) struct SegmentInfo {
 #[derive(Clone, Debug, Default)]
 pub struct RecoveryReport {
     pub segment_count: usize,
+    /// Records in the segments read at open (all but `segments_left_to_reader`).
     pub record_count: u64,
+    /// Segments whose records were left to the caller's reader (`read_from`).
+    pub segments_left_to_reader: usize,
     pub first_lsn: Lsn,
     pub end_lsn: Lsn,
     /// Epoch in the header of the last segment.
@@ -85,8 +94,9 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegmentInfo>> {
     Ok(segments)
 }
 
-/// Verifies every segment; returns `None` for a directory without segments.
-pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>> {
+/// Verifies every segment (but those left to a reader from `read_from`);
+/// returns `None` for a directory without segments.
+pub(crate) fn recover(dir: &Path, read_from: Option<Lsn>) -> Result<Option<Recovered>> {
     let segments = list_segments(dir)?;
     let Some(last_index) = segments.len().checked_sub(1) else {
         return Ok(None);
@@ -99,6 +109,13 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>> {
     let mut bytes = Vec::new();
     let mut active = None;
     for (index, info) in segments.iter().enumerate() {
+        let left_to_reader =
+            index != last_index && read_from.is_some_and(|lsn| info.first_lsn >= lsn);
+        if left_to_reader {
+            check_header(info)?;
+            report.segments_left_to_reader += 1;
+            continue;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(index == last_index)
@@ -108,17 +125,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>> {
         (&file)
             .read_to_end(&mut bytes)
             .map_err(|e| WalError::io("reading segment", &info.path, e))?;
-        let header = SegmentHeader::decode(&bytes).map_err(|source| WalError::BadHeader {
-            path: info.path.clone(),
-            source,
-        })?;
-        if header.first_lsn != info.first_lsn {
-            return Err(WalError::NameMismatch {
-                path: info.path.clone(),
-                named: info.first_lsn,
-                stored: header.first_lsn,
-            });
-        }
+        let header = decode_header(info, &bytes)?;
         let capacity_bytes = header.segment_bytes.max(SEGMENT_HEADER_BYTES as u64);
         bytes.truncate(capacity_bytes as usize);
         let read_limit = u32::try_from(capacity_bytes).unwrap_or(u32::MAX);
@@ -186,6 +193,33 @@ pub(crate) fn recover(dir: &Path) -> Result<Option<Recovered>> {
         active,
         report,
     }))
+}
+
+/// Decodes a segment's header and checks it against the file's name.
+fn decode_header(info: &SegmentInfo, bytes: &[u8]) -> Result<SegmentHeader> {
+    let header = SegmentHeader::decode(bytes).map_err(|source| WalError::BadHeader {
+        path: info.path.clone(),
+        source,
+    })?;
+    if header.first_lsn != info.first_lsn {
+        return Err(WalError::NameMismatch {
+            path: info.path.clone(),
+            named: info.first_lsn,
+            stored: header.first_lsn,
+        });
+    }
+    Ok(header)
+}
+
+/// Reads and checks only a segment's header.
+fn check_header(info: &SegmentInfo) -> Result<SegmentHeader> {
+    let file =
+        File::open(&info.path).map_err(|e| WalError::io("opening segment", &info.path, e))?;
+    let mut bytes = Vec::with_capacity(SEGMENT_HEADER_BYTES);
+    file.take(SEGMENT_HEADER_BYTES as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| WalError::io("reading segment", &info.path, e))?;
+    decode_header(info, &bytes)
 }
 
 /// Writes zeroes over `[from, to)` so later commits overwrite written blocks.

@@ -172,3 +172,153 @@ fn a_segment_file_cut_short_is_a_torn_tail_and_is_extended() {
     );
     wal.append(1, &b"again"[..]).expect("append");
 }
+
+/// Reads every record from `from` until the reader has caught up or fails.
+fn read_from(wal: &Wal, from: Lsn) -> Result<Vec<Record>, WalError> {
+    let mut reader = wal.reader(from)?;
+    let mut records = Vec::new();
+    while let Some(record) = reader.try_next()? {
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// `open_to_read_from` leaves the segments from that LSN on (but the last)
+/// to the caller's reader: damage there does not stop the open, but the
+/// reader refuses at the damaged record with the error recovery gives,
+/// after returning every record before it. Damage before that LSN, or in
+/// the last segment, is still refused at open.
+#[test]
+fn damage_left_to_the_reader_is_refused_by_the_reader_naming_file_offset_and_lsn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records = write_records(dir.path(), 1200);
+    let segments = common::segment_files(dir.path());
+    assert!(segments.len() >= 4, "{segments:?}");
+    let first_of = |path: &PathBuf| {
+        let stem = path.file_stem().expect("stem").to_str().expect("utf8");
+        Lsn(u64::from_str_radix(stem, 16).expect("hex"))
+    };
+    // Read from the start of the second segment; damage the third.
+    let read_from_lsn = first_of(&segments[1]);
+    let third = first_of(&segments[2]);
+    let victim_index = records
+        .iter()
+        .position(|r| r.lsn > third)
+        .expect("records in the third segment")
+        + 2;
+    let victim = &records[victim_index];
+    let (path, offset) = segment_of(dir.path(), victim.lsn);
+    assert_eq!(path, segments[2]);
+    flip_byte(&path, offset + 30);
+
+    let config = || common::small_config(Backend::Portable);
+    let refused = Wal::open(dir.path(), config())
+        .err()
+        .expect("open reads it all");
+    assert!(matches!(refused, WalError::Corrupt { .. }), "{refused}");
+
+    let wal = Wal::open_to_read_from(dir.path(), config(), read_from_lsn).expect("open");
+    assert_eq!(
+        wal.recovery_report().segments_left_to_reader,
+        segments.len() - 2
+    );
+    let mut reader = wal.reader(read_from_lsn).expect("reader");
+    let mut before = Vec::new();
+    let err = loop {
+        match reader.try_next() {
+            Ok(Some(record)) => before.push(record),
+            Ok(None) => panic!("the reader went past the damage"),
+            Err(err) => break err,
+        }
+    };
+    let expected: Vec<_> = records
+        .iter()
+        .filter(|r| r.lsn >= read_from_lsn && r.lsn < victim.lsn)
+        .cloned()
+        .collect();
+    assert_eq!(before, expected, "every record before the damage, in order");
+    let text = err.to_string();
+    assert!(
+        matches!(err, WalError::DamagedBeforeNextSegment { .. }),
+        "{text}"
+    );
+    let name = path
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(text.contains(&name), "names the file: {text}");
+    assert!(
+        text.contains(&format!("offset {offset}")),
+        "names the offset: {text}"
+    );
+    assert!(
+        text.contains(&victim.lsn.to_string()),
+        "names the lsn: {text}"
+    );
+    drop(wal);
+
+    // Reading from a later segment, the damaged one comes before the read
+    // start: the open reads it, and refuses.
+    let refused = Wal::open_to_read_from(dir.path(), config(), first_of(&segments[3]))
+        .err()
+        .expect("the damaged segment is before the read start");
+    assert!(matches!(refused, WalError::Corrupt { .. }), "{refused}");
+    assert!(refused.to_string().contains(&name), "{refused}");
+    // Undone, everything reads back.
+    flip_byte(&path, offset + 30);
+    let wal = Wal::open_to_read_from(dir.path(), config(), read_from_lsn).expect("open");
+    let expected: Vec<_> = records
+        .iter()
+        .filter(|r| r.lsn >= read_from_lsn)
+        .cloned()
+        .collect();
+    assert_eq!(read_from(&wal, read_from_lsn).expect("read"), expected);
+}
+
+/// A segment whose data ends early (here: its last records zeroed) before
+/// the next segment's start is a gap, whether recovery or the reader
+/// finds it.
+#[test]
+fn a_segment_ending_early_is_a_gap_for_the_reader_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let records = write_records(dir.path(), 800);
+    let segments = common::segment_files(dir.path());
+    assert!(segments.len() >= 3);
+    let second_first = {
+        let stem = segments[1]
+            .file_stem()
+            .expect("stem")
+            .to_str()
+            .expect("utf8");
+        Lsn(u64::from_str_radix(stem, 16).expect("hex"))
+    };
+    let third_first = {
+        let stem = segments[2]
+            .file_stem()
+            .expect("stem")
+            .to_str()
+            .expect("utf8");
+        Lsn(u64::from_str_radix(stem, 16).expect("hex"))
+    };
+    // Zero the second segment from its last two records on.
+    let last_two = records
+        .iter()
+        .filter(|r| r.lsn >= second_first && r.lsn < third_first)
+        .rev()
+        .nth(1)
+        .expect("records in the second segment");
+    let (path, offset) = segment_of(dir.path(), last_two.lsn);
+    let end = SEGMENT_HEADER_BYTES as u64 + (third_first.0 - second_first.0);
+    let file = OpenOptions::new().write(true).open(&path).expect("open");
+    file.write_all_at(&vec![0u8; (end - offset) as usize], offset)
+        .expect("zero");
+
+    let config = || common::small_config(Backend::Portable);
+    let refused = Wal::open(dir.path(), config()).err().expect("a gap");
+    assert!(matches!(refused, WalError::Gap { .. }), "{refused}");
+    let wal = Wal::open_to_read_from(dir.path(), config(), second_first).expect("open");
+    let err = read_from(&wal, second_first).expect_err("a gap");
+    assert!(matches!(err, WalError::Gap { .. }), "{err}");
+    assert!(err.to_string().contains(&last_two.lsn.to_string()), "{err}");
+}
