@@ -19,7 +19,7 @@ fn config() -> StoreConfig {
     }
 }
 
-fn commit(store: &Store, seq: u64, dnas: Vec<Dna>) {
+fn commit(store: &Store, seq: u64, dnas: Vec<Dna>) -> Lsn {
     let tx = Transaction {
         client: 1,
         seq,
@@ -27,7 +27,7 @@ fn commit(store: &Store, seq: u64, dnas: Vec<Dna>) {
         roots: vec![],
         dnas,
     };
-    store.commit(tx.encode()).unwrap();
+    store.commit(tx.encode()).unwrap()
 }
 
 /// Three objects checkpointed into a data segment, then three updates only
@@ -88,8 +88,8 @@ fn a_flipped_byte_in_the_object_table_is_refused_at_open() {
     Store::open(dir.path(), config()).expect("undoing the flip restores the store");
 }
 
-/// The WAL segment holding `lsn` and the file offset of `lsn` in it.
-fn wal_place(dir: &Path, lsn: Lsn) -> (PathBuf, u64) {
+/// The WAL segment files with their first LSNs, in LSN order.
+fn wal_segments(dir: &Path) -> Vec<(u64, PathBuf)> {
     let mut segments: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join(WAL_DIR))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -102,7 +102,12 @@ fn wal_place(dir: &Path, lsn: Lsn) -> (PathBuf, u64) {
         })
         .collect();
     segments.sort();
-    let (first, path) = segments
+    segments
+}
+
+/// The WAL segment holding `lsn` and the file offset of `lsn` in it.
+fn wal_place(dir: &Path, lsn: Lsn) -> (PathBuf, u64) {
+    let (first, path) = wal_segments(dir)
         .into_iter()
         .rfind(|(first, _)| *first <= lsn.0)
         .unwrap();
@@ -112,21 +117,33 @@ fn wal_place(dir: &Path, lsn: Lsn) -> (PathBuf, u64) {
     )
 }
 
+/// Flips a byte in the payload of the WAL record at `lsn` (again: undoes
+/// it); returns the record's segment and offset.
+fn flip_wal_record(dir: &Path, lsn: Lsn) -> (PathBuf, u64) {
+    let (path, offset) = wal_place(dir, lsn);
+    flip(
+        &path,
+        offset + tc_wal::format::FRAME_HEADER_BYTES as u64 + 2,
+    );
+    (path, offset)
+}
+
+/// `msg` names the file of `path` and `offset`.
+fn assert_names(msg: &str, path: &Path, offset: u64) {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(msg.contains(name), "{msg}");
+    assert!(msg.contains(&format!("offset {offset}")), "{msg}");
+}
+
 #[test]
 fn a_flipped_byte_in_the_wal_is_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let (_, checkpoint) = populate(dir.path());
     // Inside the payload of the first record after the checkpoint; two
     // more records follow it.
-    let (path, offset) = wal_place(dir.path(), checkpoint);
-    flip(
-        &path,
-        offset + tc_wal::format::FRAME_HEADER_BYTES as u64 + 2,
-    );
+    let (path, offset) = flip_wal_record(dir.path(), checkpoint);
     let msg = message(Store::open(dir.path(), config()));
-    let name = path.file_name().unwrap().to_str().unwrap();
-    assert!(msg.contains(name), "{msg}");
-    assert!(msg.contains(&format!("offset {offset}")), "{msg}");
+    assert_names(&msg, &path, offset);
 }
 
 /// The data segment file and offset of `id`'s image.
@@ -150,11 +167,7 @@ fn a_damaged_image_that_replay_needs_is_refused_at_open() {
     let (segment, offset) = image_place(dir.path(), ids[1]);
     flip(&segment, offset + 26);
     let msg = message(Store::open(dir.path(), config()));
-    assert!(
-        msg.contains(segment.file_name().unwrap().to_str().unwrap()),
-        "{msg}"
-    );
-    assert!(msg.contains(&format!("offset {offset}")), "{msg}");
+    assert_names(&msg, &segment, offset);
 }
 
 #[test]
@@ -251,21 +264,11 @@ fn a_flipped_byte_in_a_wal_segment_after_the_checkpoint_is_refused_at_open() {
     // ~250 KB of updates after the checkpoint: four or more segments.
     let mut lsns = Vec::new();
     for seq in 2..1000u64 {
-        let text = format!("{seq:0>240}");
-        let tx = Transaction {
-            client: 1,
-            seq,
-            lock: LockRef::None,
-            roots: vec![],
-            dnas: vec![Dna::update(id).field(0, Value::String(text))],
-        };
-        lsns.push(store.commit(tx.encode()).unwrap());
+        let text = Value::String(format!("{seq:0>240}"));
+        lsns.push(commit(&store, seq, vec![Dna::update(id).field(0, text)]));
     }
     drop(store);
-    let segments = std::fs::read_dir(dir.path().join(WAL_DIR))
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "wal"))
-        .count();
+    let segments = wal_segments(dir.path()).len();
     assert!(segments >= 4, "{segments} WAL segments");
     // A record in the second segment after the checkpoint's: neither the
     // checkpoint's segment nor the last.
@@ -276,13 +279,10 @@ fn a_flipped_byte_in_a_wal_segment_after_the_checkpoint_is_refused_at_open() {
         .filter(|lsn| wal_place(dir.path(), *lsn).0 != checkpoint_segment)
         .nth(50)
         .unwrap();
-    let (path, offset) = wal_place(dir.path(), victim);
-    flip(&path, offset + tc_wal::format::FRAME_HEADER_BYTES as u64 + 2);
+    let (path, offset) = flip_wal_record(dir.path(), victim);
     let msg = message(Store::open(dir.path(), config()));
-    let name = path.file_name().unwrap().to_str().unwrap();
-    assert!(msg.contains(name), "{msg}");
-    assert!(msg.contains(&format!("offset {offset}")), "{msg}");
-    flip(&path, offset + tc_wal::format::FRAME_HEADER_BYTES as u64 + 2);
+    assert_names(&msg, &path, offset);
+    flip_wal_record(dir.path(), victim);
     let store = Store::open(dir.path(), config()).expect("undoing the flip restores the store");
     let text = store.get(id).unwrap().unwrap().object.field(0).cloned();
     assert_eq!(text, Some(Value::String(format!("{:0>240}", 999))));

@@ -19,16 +19,31 @@ fn write_records(dir: &Path, count: u64) -> Vec<Record> {
     common::read_all(&wal)
 }
 
+/// The first LSN of a segment, from its file name.
+fn first_lsn_of(path: &Path) -> Lsn {
+    let stem = path.file_stem().expect("stem").to_str().expect("utf8");
+    Lsn(u64::from_str_radix(stem, 16).expect("hex"))
+}
+
 fn segment_of(dir: &Path, lsn: Lsn) -> (PathBuf, u64) {
     for path in common::segment_files(dir).into_iter().rev() {
-        let first =
-            u64::from_str_radix(path.file_stem().expect("stem").to_str().expect("utf8"), 16)
-                .expect("hex");
+        let first = first_lsn_of(&path).0;
         if first <= lsn.0 {
             return (path, SEGMENT_HEADER_BYTES as u64 + lsn.0 - first);
         }
     }
     panic!("no segment holds {lsn}");
+}
+
+/// `text` names the file, the offset and the LSN of the damage.
+fn assert_names_place(text: &str, path: &Path, offset: u64, lsn: Lsn) {
+    let name = path.file_name().expect("name").to_string_lossy();
+    assert!(text.contains(&*name), "names the file: {text}");
+    assert!(
+        text.contains(&format!("offset {offset}")),
+        "names the offset: {text}"
+    );
+    assert!(text.contains(&lsn.to_string()), "names the lsn: {text}");
 }
 
 fn flip_byte(path: &Path, offset: u64) {
@@ -54,20 +69,7 @@ fn a_flipped_byte_mid_segment_refuses_open_naming_file_offset_and_lsn() {
         .expect("open must refuse a corrupt log");
     let text = err.to_string();
     assert!(matches!(err, WalError::Corrupt { .. }), "{text}");
-    let name = path
-        .file_name()
-        .expect("name")
-        .to_string_lossy()
-        .into_owned();
-    assert!(text.contains(&name), "names the file: {text}");
-    assert!(
-        text.contains(&format!("offset {offset}")),
-        "names the offset: {text}"
-    );
-    assert!(
-        text.contains(&victim.lsn.to_string()),
-        "names the lsn: {text}"
-    );
+    assert_names_place(&text, &path, offset, victim.lsn);
     // Refusing changed nothing: undoing the flip makes the log whole again.
     flip_byte(&path, offset + 30);
     let wal = Wal::open(dir.path(), common::small_config(Backend::Portable)).expect("open");
@@ -194,13 +196,9 @@ fn damage_left_to_the_reader_is_refused_by_the_reader_naming_file_offset_and_lsn
     let records = write_records(dir.path(), 1200);
     let segments = common::segment_files(dir.path());
     assert!(segments.len() >= 4, "{segments:?}");
-    let first_of = |path: &PathBuf| {
-        let stem = path.file_stem().expect("stem").to_str().expect("utf8");
-        Lsn(u64::from_str_radix(stem, 16).expect("hex"))
-    };
     // Read from the start of the second segment; damage the third.
-    let read_from_lsn = first_of(&segments[1]);
-    let third = first_of(&segments[2]);
+    let read_from_lsn = first_lsn_of(&segments[1]);
+    let third = first_lsn_of(&segments[2]);
     let victim_index = records
         .iter()
         .position(|r| r.lsn > third)
@@ -242,29 +240,16 @@ fn damage_left_to_the_reader_is_refused_by_the_reader_naming_file_offset_and_lsn
         matches!(err, WalError::DamagedBeforeNextSegment { .. }),
         "{text}"
     );
-    let name = path
-        .file_name()
-        .expect("name")
-        .to_string_lossy()
-        .into_owned();
-    assert!(text.contains(&name), "names the file: {text}");
-    assert!(
-        text.contains(&format!("offset {offset}")),
-        "names the offset: {text}"
-    );
-    assert!(
-        text.contains(&victim.lsn.to_string()),
-        "names the lsn: {text}"
-    );
+    assert_names_place(&text, &path, offset, victim.lsn);
     drop(wal);
 
     // Reading from a later segment, the damaged one comes before the read
     // start: the open reads it, and refuses.
-    let refused = Wal::open_to_read_from(dir.path(), config(), first_of(&segments[3]))
+    let refused = Wal::open_to_read_from(dir.path(), config(), first_lsn_of(&segments[3]))
         .err()
         .expect("the damaged segment is before the read start");
     assert!(matches!(refused, WalError::Corrupt { .. }), "{refused}");
-    assert!(refused.to_string().contains(&name), "{refused}");
+    assert_names_place(&refused.to_string(), &path, offset, victim.lsn);
     // Undone, everything reads back.
     flip_byte(&path, offset + 30);
     let wal = Wal::open_to_read_from(dir.path(), config(), read_from_lsn).expect("open");
@@ -285,22 +270,8 @@ fn a_segment_ending_early_is_a_gap_for_the_reader_too() {
     let records = write_records(dir.path(), 800);
     let segments = common::segment_files(dir.path());
     assert!(segments.len() >= 3);
-    let second_first = {
-        let stem = segments[1]
-            .file_stem()
-            .expect("stem")
-            .to_str()
-            .expect("utf8");
-        Lsn(u64::from_str_radix(stem, 16).expect("hex"))
-    };
-    let third_first = {
-        let stem = segments[2]
-            .file_stem()
-            .expect("stem")
-            .to_str()
-            .expect("utf8");
-        Lsn(u64::from_str_radix(stem, 16).expect("hex"))
-    };
+    let second_first = first_lsn_of(&segments[1]);
+    let third_first = first_lsn_of(&segments[2]);
     // Zero the second segment from its last two records on.
     let last_two = records
         .iter()
