@@ -73,9 +73,12 @@ fn main() {
 
 fn crash_config() -> StoreConfig {
     StoreConfig {
+        // Segments smaller than what 100 ms of commits write: some opens
+        // find segments after the checkpoint that are not the last, which
+        // the WAL's open leaves to replay's reader.
         wal: WalConfig {
-            segment_bytes: 1 << 20,
-            max_record_bytes: 64 << 10,
+            segment_bytes: 64 << 10,
+            max_record_bytes: 16 << 10,
             ..WalConfig::default()
         },
         data_segment_bytes: 256 << 10,
