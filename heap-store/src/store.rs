@@ -384,10 +384,7 @@ impl Store {
         let faulted = tokio::task::spawn_blocking(move || {
             missing
                 .into_iter()
-                .try_for_each(|id| match Inner::get_or_read(&inner, id)? {
-                    Got::Ready(_) => Ok(()),
-                    Got::Read(read) => read.finish().map(drop),
-                })
+                .try_for_each(|id| inner.get(id).map(drop))
         })
         .await;
         match faulted {
@@ -486,10 +483,7 @@ impl Store {
     /// exist (never created, or deleted). A missing image is read from its
     /// data segment without holding the heap lock.
     pub fn get(&self, id: ObjectId) -> Result<Option<Snapshot>> {
-        match Inner::get_or_read(&self.inner, id)? {
-            Got::Ready(found) => Ok(found),
-            Got::Read(read) => read.finish(),
-        }
+        self.inner.get(id)
     }
 
     /// `get` in two steps, for callers that must not block on the disk:
@@ -497,7 +491,7 @@ impl Store {
     /// object is cached, deleted or was never created), else the image to
     /// read (`ImageRead::finish`, which may block).
     pub fn get_or_read(&self, id: ObjectId) -> Result<Got> {
-        Inner::get_or_read(&self.inner, id)
+        self.inner.get_or_read(id)
     }
 
     pub fn root(&self, name: &str) -> Option<ObjectId> {
@@ -640,15 +634,23 @@ impl ImageRead {
 const INSTALL_BATCH: usize = 1024;
 
 impl Inner {
-    fn get_or_read(inner: &Arc<Inner>, id: ObjectId) -> Result<Got> {
-        Ok(match lock(&inner.heap).lookup(id)? {
+    fn get_or_read(self: &Arc<Self>, id: ObjectId) -> Result<Got> {
+        Ok(match lock(&self.heap).lookup(id)? {
             Lookup::Answer(found) => Got::Ready(found),
             Lookup::Read(to_read) => Got::Read(ImageRead {
                 id,
                 to_read,
-                inner: Arc::clone(inner),
+                inner: Arc::clone(self),
             }),
         })
+    }
+
+    /// `Store::get`.
+    fn get(self: &Arc<Self>, id: ObjectId) -> Result<Option<Snapshot>> {
+        match self.get_or_read(id)? {
+            Got::Ready(found) => Ok(found),
+            Got::Read(read) => read.finish(),
+        }
     }
 
     fn check_not_poisoned(&self) -> Result<()> {
