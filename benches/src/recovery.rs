@@ -105,15 +105,7 @@ pub struct RecoveryRow {
 }
 
 pub fn run(args: &RecoveryArgs) -> Result<(), StoreBenchError> {
-    let rows = run_all(args, &mut |row| {
-        if args.json {
-            println!("{}", report::to_json_line(row));
-        }
-    })?;
-    if !args.json {
-        print!("{}", table(&rows));
-    }
-    Ok(())
+    report::print_rows(args.json, |on_row| run_all(args, on_row), table)
 }
 
 pub fn table(rows: &[RecoveryRow]) -> String {

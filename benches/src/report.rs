@@ -77,10 +77,6 @@ pub struct WalRow {
     pub spare_misses: u64,
 }
 
-pub fn json_line(row: &WalRow) -> String {
-    to_json_line(row)
-}
-
 /// The rows as a table with a header line, right-aligned columns.
 pub fn table(rows: &[WalRow]) -> String {
     const HEADER: [&str; 8] = [
@@ -114,6 +110,25 @@ pub fn table(rows: &[WalRow]) -> String {
 /// Any row type as one JSON object on one line.
 pub fn to_json_line<T: Serialize>(row: &T) -> String {
     serde_json::to_string(row).expect("bench rows always serialize")
+}
+
+/// Runs a workload (`run_all`, which calls back with each row as it
+/// finishes) and prints its rows: with `json`, one JSON line per row as it
+/// comes; otherwise `table` of all rows at the end.
+pub fn print_rows<R: Serialize, E>(
+    json: bool,
+    run_all: impl FnOnce(&mut dyn FnMut(&R)) -> Result<Vec<R>, E>,
+    table: impl FnOnce(&[R]) -> String,
+) -> Result<(), E> {
+    let rows = run_all(&mut |row| {
+        if json {
+            println!("{}", to_json_line(row));
+        }
+    })?;
+    if !json {
+        print!("{}", table(&rows));
+    }
+    Ok(())
 }
 
 /// A header line and one line per row; the first column left-aligned (it
@@ -204,7 +219,7 @@ mod tests {
 
     #[test]
     fn json_line_is_one_object_with_the_documented_keys() {
-        let line = json_line(&row("portable", 16));
+        let line = to_json_line(&row("portable", 16));
         assert!(!line.contains('\n'));
         let value: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(value["bench"], "wal");

@@ -135,15 +135,7 @@ pub enum BenchError {
 
 /// Runs every (backend, producers) combination and prints the results.
 pub fn run(args: &WalArgs) -> Result<(), BenchError> {
-    let rows = run_all(args, &mut |row| {
-        if args.json {
-            println!("{}", report::json_line(row));
-        }
-    })?;
-    if !args.json {
-        print!("{}", report::table(&rows));
-    }
-    Ok(())
+    report::print_rows(args.json, |on_row| run_all(args, on_row), report::table)
 }
 
 /// Runs every combination, calling `on_row` as each finishes; returns the

@@ -121,13 +121,12 @@ pub struct WriteAmpRow {
 }
 
 pub fn run(args: &WriteAmpArgs) -> Result<(), StoreBenchError> {
-    let row = run_one(args)?;
-    if args.json {
-        println!("{}", report::to_json_line(&row));
-    } else {
-        print!("{}", table(std::slice::from_ref(&row)));
-    }
-    Ok(())
+    let run_all = |on_row: &mut dyn FnMut(&WriteAmpRow)| {
+        let row = run_one(args)?;
+        on_row(&row);
+        Ok(vec![row])
+    };
+    report::print_rows(args.json, run_all, table)
 }
 
 pub fn table(rows: &[WriteAmpRow]) -> String {
