@@ -530,6 +530,10 @@ impl Inner {
         }
     }
 
+    /// Applies a pushed transaction to the copies this client holds. The
+    /// server also pushes objects this client wrote but never fetched (it
+    /// holds what a session commits): those it is told to drop, so it
+    /// stops pushing them.
     fn receive_push(&self, lsn: u64, bytes: &[u8]) {
         let tx = match Transaction::decode(bytes) {
             Ok(tx) => Arc::new(tx),
@@ -537,15 +541,34 @@ impl Inner {
         };
         let mut cache = lock(&self.cache);
         let cache = &mut *cache;
+        let mut not_held = Vec::new();
         for dna in &tx.dnas {
-            if let Some(pending) = cache.fetching.get_mut(&dna.object) {
-                pending.push((lsn, tx.clone()));
-            }
-            if let Some(cached) = cache.objects.get_mut(&dna.object)
-                && apply_push(dna.object, cached, lsn, &tx)
-            {
+            let fetching = match cache.fetching.get_mut(&dna.object) {
+                Some(pending) => {
+                    pending.push((lsn, tx.clone()));
+                    true
+                }
+                None => false,
+            };
+            let applied = match cache.objects.get_mut(&dna.object) {
+                Some(cached) => apply_push(dna.object, cached, lsn, &tx),
+                None if fetching => false,
+                None => {
+                    not_held.push(dna.object.0);
+                    false
+                }
+            };
+            if applied {
                 self.pushes_applied.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        if !not_held.is_empty() {
+            // Queued under the cache lock: a fetch of one of them registers
+            // (under the same lock) after this, so its request follows the
+            // drop on the stream. If the queue is full, the next push of
+            // the object tries again.
+            let drop = In::DropObjects(tc_protocol::DropObjects { ids: not_held });
+            let _ = self.outbound.try_send(ClientMessage::new(0, drop));
         }
     }
 

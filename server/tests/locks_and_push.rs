@@ -511,3 +511,52 @@ async fn create_counters(client: &Client, class: ClassId, count: usize) -> Vec<O
     }
     ids
 }
+
+/// A session that wrote an object but never fetched it is pushed the
+/// object's next change once; its client then tells the server to drop
+/// the object, and no more of its changes go there, until the client
+/// fetches it and holds it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_drops_an_object_it_is_pushed_but_does_not_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let a = server.client(1).await;
+    let b = server.client(2).await;
+    // A creates the counter (so the server has A hold it) but never reads it.
+    let (_, id) = create_counter(&a, "counter").await;
+    let metrics = || async {
+        let text = server.metrics_text().await;
+        (
+            value(&text, "tc_pushes_total"),
+            value(&text, "tc_object_holdings"),
+        )
+    };
+    let settles_at = |wanted: (f64, f64)| async move {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let now = metrics().await;
+            if now == wanted {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "(pushes, holdings) stayed {now:?}, expected {wanted:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    b.commit(set_value(&b, id, 1, LockRef::None)).await.unwrap();
+    // Pushed to A once; A drops it, so only B (which wrote it) holds it.
+    settles_at((1.0, 1.0)).await;
+    for v in 2..=6 {
+        b.commit(set_value(&b, id, v, LockRef::None)).await.unwrap();
+    }
+    assert_eq!(metrics().await, (1.0, 1.0), "no more pushes to A");
+
+    // A reads the counter: it holds it again and gets B's changes.
+    assert_eq!(value_of(&a, id).await, 6);
+    b.commit(set_value(&b, id, 7, LockRef::None)).await.unwrap();
+    eventually("the push to reach A", || a.pushes_applied() >= 1).await;
+    assert_eq!(value_of(&a, id).await, 7);
+    assert_eq!(metrics().await, (2.0, 2.0));
+}
