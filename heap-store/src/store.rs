@@ -188,15 +188,16 @@ impl Store {
     pub fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create", &dir, e))?;
+        let found = Checkpoint::read(&dir)?;
         // Replay reads every record from the checkpoint on and checks each
         // frame, so the WAL need not read those segments first as well.
-        let wal = match Checkpoint::read(&dir) {
-            Ok(Some(checkpoint)) => {
+        let wal = match &found {
+            Some(checkpoint) => {
                 Wal::open_to_read_from(dir.join(WAL_DIR), config.wal.clone(), checkpoint.lsn)?
             }
-            _ => Wal::open(dir.join(WAL_DIR), config.wal.clone())?,
+            None => Wal::open(dir.join(WAL_DIR), config.wal.clone())?,
         };
-        let checkpoint = read_or_create_checkpoint(&dir, &wal)?;
+        let checkpoint = check_or_create_checkpoint(&dir, &wal, found)?;
         let table = ObjectTable::open(dir.join(TABLE_FILE_NAME))?;
         let files = Arc::new(DataFiles::open_dir(dir.join(SEGMENTS_DIR))?);
         let mut heap = Heap::new(table, Arc::clone(&files), config.cache_bytes);
@@ -1088,9 +1089,15 @@ fn maintenance_loop(inner: Weak<Inner>) {
     }
 }
 
-fn read_or_create_checkpoint(dir: &Path, wal: &Wal) -> Result<Checkpoint> {
+/// The checkpoint `found` in `dir`, checked against the WAL, or a fresh
+/// one for a new data dir.
+fn check_or_create_checkpoint(
+    dir: &Path,
+    wal: &Wal,
+    found: Option<Checkpoint>,
+) -> Result<Checkpoint> {
     let path = dir.join(crate::checkpoint::CHECKPOINT_FILE);
-    let checkpoint = match Checkpoint::read(dir)? {
+    let checkpoint = match found {
         Some(c) => c,
         None => {
             if wal.durable_lsn() > Lsn(0) || dir.join(TABLE_FILE_NAME).exists() {
