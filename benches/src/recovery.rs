@@ -55,6 +55,11 @@ pub struct RecoveryArgs {
     /// Page-cache states to open in, comma-separated, in order.
     #[arg(long, value_delimiter = ',', default_value = "cold,warm")]
     pub page_cache: Vec<PageCache>,
+    /// Replay threads to open with, comma-separated: each page-cache state
+    /// is opened once per count, in turn. Default: the store's default
+    /// (one per CPU).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub replay_threads: Vec<u32>,
     /// Print one JSON object per open on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -90,6 +95,7 @@ pub struct RecoveryRow {
     pub fields_min: u32,
     pub fields_max: u32,
     pub committers: u32,
+    pub replay_threads: usize,
     /// Transactions committed while filling, and how long that took.
     pub fill_transactions: u64,
     pub fill_seconds: f64,
@@ -109,8 +115,9 @@ pub fn run(args: &RecoveryArgs) -> Result<(), StoreBenchError> {
 }
 
 pub fn table(rows: &[RecoveryRow]) -> String {
-    const HEADER: [&str; 8] = [
+    const HEADER: [&str; 9] = [
         "page cache",
+        "threads",
         "replayed MiB",
         "records",
         "record B",
@@ -124,6 +131,7 @@ pub fn table(rows: &[RecoveryRow]) -> String {
         .map(|r| {
             vec![
                 r.page_cache.to_string(),
+                r.replay_threads.to_string(),
                 store_common::mib(r.replayed_bytes),
                 r.replayed_records.to_string(),
                 format!("{:.1}", r.mean_record_bytes),
@@ -169,14 +177,27 @@ pub fn run_all(
     let (fill_transactions, fill_seconds) = fill(args, store_dir.path())?;
     eprintln!("  filled in {fill_seconds:.1} s ({fill_transactions} transactions); crashed");
 
+    let thread_counts: Vec<usize> = if args.replay_threads.is_empty() {
+        vec![StoreConfig::default().replay_threads]
+    } else {
+        args.replay_threads.iter().map(|&n| n as usize).collect()
+    };
+    let opens = args
+        .page_cache
+        .iter()
+        .flat_map(|&state| thread_counts.iter().map(move |&threads| (state, threads)));
     let mut rows = Vec::new();
-    for &state in &args.page_cache {
+    for (state, replay_threads) in opens {
         if state == PageCache::Cold {
             drop_from_page_cache(store_dir.path())?;
         }
+        let config = StoreConfig {
+            replay_threads,
+            ..no_checkpoint_config()
+        };
         let started = Instant::now();
-        let store = Store::open(store_dir.path(), no_checkpoint_config())
-            .map_err(store_err("recovering the store"))?;
+        let store =
+            Store::open(store_dir.path(), config).map_err(store_err("recovering the store"))?;
         let open_seconds = started.elapsed().as_secs_f64();
         let report = store.open_report().clone();
         // Crash again: the next open replays the same WAL.
@@ -199,6 +220,7 @@ pub fn run_all(
             fields_min: args.fields.min,
             fields_max: args.fields.max,
             committers: args.committers,
+            replay_threads,
             fill_transactions,
             fill_seconds,
             replayed_records: report.replayed_records,
@@ -214,8 +236,9 @@ pub fn run_all(
             open_mb_per_sec: per_sec(open_seconds),
         };
         eprintln!(
-            "  {} open: replayed {} records, {} MiB in {:.2} s ({:.0} MB/s); open {:.2} s",
+            "  {} open, {} threads: replayed {} records, {} MiB in {:.2} s ({:.0} MB/s); open {:.2} s",
             row.page_cache,
+            row.replay_threads,
             row.replayed_records,
             store_common::mib(row.replayed_bytes),
             row.replay_seconds,

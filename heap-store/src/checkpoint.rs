@@ -67,24 +67,21 @@ impl Checkpoint {
     pub fn decode(bytes: &[u8]) -> Result<Checkpoint, DecodeError> {
         let mut r = Reader::new(bytes);
         if r.u32_le("magic")? != MAGIC {
-            return Err(DecodeError {
-                offset: 0,
-                what: "not a checkpoint file (bad magic)".into(),
-            });
+            return Err(DecodeError::new(0, "not a checkpoint file (bad magic)"));
         }
         let version = r.u16_le("version")?;
         if version != VERSION {
-            return Err(DecodeError {
-                offset: 4,
-                what: format!("checkpoint format version {version}, this store reads {VERSION}"),
-            });
+            return Err(DecodeError::new(
+                4,
+                format!("checkpoint format version {version}, this store reads {VERSION}"),
+            ));
         }
         let flags = r.u16_le("flags")?;
         if flags != 0 {
-            return Err(DecodeError {
-                offset: 6,
-                what: format!("unknown checkpoint flags {flags:#x}"),
-            });
+            return Err(DecodeError::new(
+                6,
+                format!("unknown checkpoint flags {flags:#x}"),
+            ));
         }
         let len = r.u32_le("body length")? as usize;
         let crc = r.u32_le("crc")?;
@@ -92,17 +89,12 @@ impl Checkpoint {
         r.finish("checkpoint")?;
         let computed = crc32fast::hash(body);
         if computed != crc {
-            return Err(DecodeError {
-                offset: HEADER_BYTES,
-                what: format!(
-                    "checkpoint crc mismatch: stored {crc:#010x}, computed {computed:#010x}"
-                ),
-            });
+            return Err(DecodeError::new(
+                HEADER_BYTES,
+                format!("checkpoint crc mismatch: stored {crc:#010x}, computed {computed:#010x}"),
+            ));
         }
-        let shift = |e: DecodeError| DecodeError {
-            offset: e.offset + HEADER_BYTES,
-            what: e.what,
-        };
+        let shift = |e: DecodeError| e.shifted(HEADER_BYTES);
         let mut r = Reader::new(body);
         let lsn = Lsn(r.varint("lsn").map_err(shift)?);
         let next_id = r.varint("next id").map_err(shift)?;
@@ -140,7 +132,7 @@ impl Checkpoint {
         };
         Checkpoint::decode(&bytes)
             .map(Some)
-            .map_err(|e| StoreError::corrupt(path, Some(e.offset as u64), e.what))
+            .map_err(|e| StoreError::corrupt(path, Some(e.offset() as u64), e.what()))
     }
 
     /// Replaces `dir/CHECKPOINT` atomically and durably.

@@ -15,15 +15,19 @@ pub use tc_model::{
     Array, ClassDef, ClassId, ClassKind, FieldDef, FieldKind, ObjectId, ScalarKind, Value,
 };
 pub use tc_wal::Lsn;
+mod cache;
 pub mod checkpoint;
 pub mod datafile;
 mod heap;
 pub mod records;
+mod replay;
 mod sequencer;
 mod store;
 pub mod table;
 
-pub use heap::{CacheStats, ENTRY_DELETED, Snapshot};
+pub use cache::{CacheStats, Snapshot};
+pub use heap::ENTRY_DELETED;
+pub use replay::REPLAY_THREADS_MAX;
 pub use store::{
     CheckpointReport, CleanReport, CommitTicket, GcReport, Got, ID_BLOCK_MAX, ImageRead,
     OpenReport, SEGMENTS_DIR, Store, StoreConfig, StoreStats, WAL_DIR,

@@ -90,10 +90,10 @@ impl StoreRecord {
                 StoreRecord::Delete(ids)
             }
             other => {
-                return Err(DecodeError {
-                    offset: 0,
-                    what: format!("unknown store record kind {other}"),
-                });
+                return Err(DecodeError::new(
+                    0,
+                    format!("unknown store record kind {other}"),
+                ));
             }
         };
         r.finish("record")?;

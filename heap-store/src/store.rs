@@ -25,13 +25,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tc_wal::{AppendSlot, PendingAppend, Wal, WalConfig};
 
+use crate::cache::{CacheStats, Snapshot};
 use crate::checkpoint::Checkpoint;
 use crate::datafile::{DataFiles, SegmentWriter, image_record_bytes};
 use crate::dna::Transaction;
 use crate::error::{Rejection, Result, StoreError};
-use crate::heap::{ApplyError, CacheStats, ENTRY_DELETED, Heap, ImageToRead, Lookup, Snapshot};
+use crate::heap::{ApplyError, ENTRY_DELETED, Heap, ImageToRead, Lookup};
 use crate::model::{ClassDef, ClassId, ObjectId};
-use crate::records::{KIND_TRANSACTION, StoreRecord};
+use crate::records::StoreRecord;
+use crate::replay::{REPLAY_THREADS_MAX, replay};
 use crate::sequencer::{DELETED, Sequencer};
 use crate::table::{ObjectTable, TABLE_FILE_NAME, TableEntry};
 use tc_wal::Lsn;
@@ -59,6 +61,9 @@ pub struct StoreConfig {
     pub max_transaction_bytes: usize,
     /// Run checkpoints and the cleaner on a background thread.
     pub background_maintenance: bool,
+    /// Threads replaying the WAL at open, each applying the changes to its
+    /// share of the objects (at most `REPLAY_THREADS_MAX`).
+    pub replay_threads: usize,
 }
 
 impl Default for StoreConfig {
@@ -72,6 +77,9 @@ impl Default for StoreConfig {
             cleaner_live_fraction: 0.5,
             max_transaction_bytes: 1 << 20,
             background_maintenance: true,
+            replay_threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(REPLAY_THREADS_MAX),
         }
     }
 }
@@ -208,8 +216,14 @@ impl Store {
         let mut class_of = Vec::new();
         load_table(&mut heap, &files, &mut class_of)?;
         let started = Instant::now();
-        let (replayed_records, replayed_bytes) =
-            replay(&wal, &mut heap, &mut class_of, checkpoint.lsn)?;
+        let replayed = replay(
+            &wal,
+            &mut heap,
+            &mut class_of,
+            checkpoint.lsn,
+            config.replay_threads,
+        )?;
+        let (replayed_records, replayed_bytes) = (replayed.records, replayed.bytes);
         let report = OpenReport {
             checkpoint_lsn: checkpoint.lsn,
             replayed_records,
@@ -1180,45 +1194,6 @@ fn load_table(heap: &mut Heap, files: &DataFiles, class_of: &mut Vec<u32>) -> Re
 }
 
 /// Replays the WAL from `from` into the heap; returns (records, bytes).
-fn replay(wal: &Wal, heap: &mut Heap, class_of: &mut Vec<u32>, from: Lsn) -> Result<(u64, u64)> {
-    let mut reader = wal.reader(from)?;
-    let (mut records, mut bytes) = (0u64, 0u64);
-    let wal_place = |lsn: Lsn, what: String| {
-        StoreError::corrupt(wal.dir(), None, format!("WAL record at lsn {lsn}: {what}"))
-    };
-    let set = |class_of: &mut Vec<u32>, id: ObjectId, class: u32, force: bool| {
-        let index = id.0 as usize;
-        if index >= class_of.len() {
-            class_of.resize((index + 1).next_power_of_two(), 0);
-        }
-        if force || class_of[index] == 0 {
-            class_of[index] = class;
-        }
-    };
-    while let Some(record) = reader.try_next()? {
-        let (lsn, end) = (record.lsn, record.end_lsn());
-        let applied = if record.kind == KIND_TRANSACTION {
-            heap.replay_transaction(lsn, end, &record.payload, |id, class| {
-                set(class_of, id, class.0, false)
-            })
-        } else {
-            let decoded = StoreRecord::decode(record.kind, &record.payload)
-                .map_err(|e| wal_place(lsn, e.to_string()))?;
-            if let StoreRecord::Delete(ids) = &decoded {
-                ids.iter().for_each(|id| set(class_of, *id, DELETED, true));
-            }
-            heap.apply(lsn, end, &decoded)
-        };
-        applied.map_err(|e| match e {
-            ApplyError::Damaged(cause) => cause,
-            ApplyError::Mismatch(why) => wal_place(lsn, why),
-        })?;
-        records += 1;
-        bytes += record.end_lsn().0 - record.lsn.0;
-    }
-    Ok((records, bytes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

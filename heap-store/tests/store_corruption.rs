@@ -287,3 +287,45 @@ fn a_flipped_byte_in_a_wal_segment_after_the_checkpoint_is_refused_at_open() {
     let text = store.get(id).unwrap().unwrap().object.field(0).cloned();
     assert_eq!(text, Some(Value::String(format!("{:0>240}", 999))));
 }
+
+/// A durable WAL record that does not fit the store (it changes an object
+/// that does not exist) is refused at open, naming its LSN. With two such
+/// records the first is named, whatever the number of replay threads
+/// (objects 1001 and 1002 belong to different shards, and the shard of
+/// the second may get to its record first).
+#[test]
+fn the_first_record_that_does_not_fit_is_named_whatever_the_replay_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path());
+    let wal = tc_wal::Wal::open(dir.path().join(WAL_DIR), config().wal).unwrap();
+    let orphan_update = |seq: u64, id: u64| {
+        Transaction {
+            client: 1,
+            seq,
+            lock: LockRef::None,
+            roots: vec![],
+            dnas: vec![Dna::update(ObjectId(id)).field(0, Value::Long(7))],
+        }
+        .encode()
+    };
+    let kind = tc_heap_store::records::KIND_TRANSACTION;
+    let first = wal.append(kind, orphan_update(10, 1001)).unwrap();
+    wal.append(kind, orphan_update(11, 1002)).unwrap();
+    wal.close();
+
+    let messages: Vec<String> = (1..=4)
+        .map(|replay_threads| {
+            let config = StoreConfig {
+                replay_threads,
+                ..config()
+            };
+            message(Store::open(dir.path(), config).map(|_| ()))
+        })
+        .collect();
+    assert!(
+        messages[0].contains(&format!("lsn {first}")) && messages[0].contains("1001"),
+        "{}",
+        messages[0]
+    );
+    assert!(messages.iter().all(|m| *m == messages[0]), "{messages:#?}");
+}

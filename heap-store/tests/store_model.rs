@@ -2,8 +2,8 @@
 //! objects, field writes, logical map/list/queue operations, new roots),
 //! rejected transactions, checkpoints, cleaner runs, garbage collection and
 //! simulated crashes (the store dropped without a clean close, sometimes
-//! with a torn write left at the end of the WAL), compared after every
-//! reopen with an in-memory model: every acknowledged transaction is there
+//! with a torn write left at the end of the WAL; the reopen replays with 1
+//! to 4 threads), compared after every reopen with an in-memory model: every acknowledged transaction is there
 //! exactly once and nothing else is.
 //!
 //! `TC_PROPTEST_CASES` overrides the number of cases (default 32).
@@ -30,6 +30,8 @@ enum Step {
     Collect,
     Crash {
         torn_tail: bool,
+        /// Threads the reopen replays the WAL with.
+        replay_threads: usize,
     },
 }
 
@@ -40,7 +42,10 @@ fn step() -> impl Strategy<Value = Step> {
         2 => Just(Step::Checkpoint),
         1 => Just(Step::Clean),
         1 => Just(Step::Collect),
-        2 => any::<bool>().prop_map(|torn_tail| Step::Crash { torn_tail }),
+        2 => (any::<bool>(), 1..=4usize).prop_map(|(torn_tail, replay_threads)| Step::Crash {
+            torn_tail,
+            replay_threads,
+        }),
     ]
 }
 
@@ -363,13 +368,20 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 model.objects.retain(|id, _| live.contains(id));
                 prop_assert_eq!(report.deleted as usize, before - model.objects.len());
             }
-            Step::Crash { torn_tail } => {
+            Step::Crash {
+                torn_tail,
+                replay_threads,
+            } => {
                 let end = store.stats().applied_lsn.0;
                 drop(store);
                 if torn_tail {
                     tear_wal_tail(dir.path(), end, seq as u64 * 7919);
                 }
-                store = Store::open(dir.path(), config())
+                let config = StoreConfig {
+                    replay_threads,
+                    ..config()
+                };
+                store = Store::open(dir.path(), config)
                     .map_err(|e| TestCaseError::fail(format!("reopen: {e}")))?;
                 check(&store, &model, &everything)?;
             }

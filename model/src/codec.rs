@@ -8,11 +8,43 @@
 use std::fmt;
 
 /// Why bytes failed to decode, and where (offset within the decoded slice).
+/// Boxed, so the `Result`s of the small decoders on hot paths stay two
+/// words (returned in registers) instead of going through memory.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("at byte {offset}: {what}")]
-pub struct DecodeError {
-    pub offset: usize,
-    pub what: String,
+#[error("at byte {}: {}", .0.offset, .0.what)]
+pub struct DecodeError(Box<DecodeErrorAt>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DecodeErrorAt {
+    offset: usize,
+    what: String,
+}
+
+impl DecodeError {
+    #[cold]
+    pub fn new(offset: usize, what: impl Into<String>) -> DecodeError {
+        DecodeError(Box::new(DecodeErrorAt {
+            offset,
+            what: what.into(),
+        }))
+    }
+
+    /// Byte offset of the problem within the decoded slice.
+    pub fn offset(&self) -> usize {
+        self.0.offset
+    }
+
+    /// What was wrong there.
+    pub fn what(&self) -> &str {
+        &self.0.what
+    }
+
+    /// The same problem, `by` bytes further on (the slice decoded was part
+    /// of a larger one).
+    pub fn shifted(mut self, by: usize) -> DecodeError {
+        self.0.offset += by;
+        self
+    }
 }
 
 /// Appends encoded values to a byte vector.
@@ -110,10 +142,7 @@ impl<'a> Reader<'a> {
     /// An error at the current offset.
     #[cold]
     pub fn error(&self, what: impl Into<String>) -> DecodeError {
-        DecodeError {
-            offset: self.pos,
-            what: what.into(),
-        }
+        DecodeError::new(self.pos, what)
     }
 
     /// Fails unless every byte was consumed.
@@ -265,10 +294,8 @@ impl<'a> Reader<'a> {
     pub fn str(&mut self, what: &str) -> Result<&'a str, DecodeError> {
         let start = self.pos;
         let b = self.bytes(what)?;
-        std::str::from_utf8(b).map_err(|_| DecodeError {
-            offset: start,
-            what: format!("{what}: not valid UTF-8"),
-        })
+        std::str::from_utf8(b)
+            .map_err(|_| DecodeError::new(start, format!("{what}: not valid UTF-8")))
     }
 }
 
@@ -347,6 +374,6 @@ mod tests {
         w.varint(u64::MAX / 2);
         w.u8(0);
         let err = Reader::new(&w.buf).count(1, "items").unwrap_err();
-        assert!(err.what.contains("cannot fit"), "{err}");
+        assert!(err.what().contains("cannot fit"), "{err}");
     }
 }

@@ -269,12 +269,12 @@ impl<'a> TransactionReader<'a> {
         let mut r = Reader::new(bytes);
         let version = r.u8("format version")?;
         if version != TX_FORMAT_VERSION {
-            return Err(DecodeError {
-                offset: 0,
-                what: format!(
+            return Err(DecodeError::new(
+                0,
+                format!(
                     "transaction format version {version}, this store reads {TX_FORMAT_VERSION}"
                 ),
-            });
+            ));
         }
         let client = r.varint("client id")?;
         let seq = r.varint("sequence number")?;
@@ -290,13 +290,13 @@ impl<'a> TransactionReader<'a> {
             let at = r.position();
             let name = r.str("root name")?;
             if name.is_empty() || name.len() > ROOT_NAME_BYTES_MAX {
-                return Err(DecodeError {
-                    offset: at,
-                    what: format!(
+                return Err(DecodeError::new(
+                    at,
+                    format!(
                         "a root name has 1 to {ROOT_NAME_BYTES_MAX} bytes, not {}",
                         name.len()
                     ),
-                });
+                ));
             }
             roots.push((name.to_string(), object_id(&mut r, "root object")?));
         }
@@ -342,10 +342,10 @@ impl<'a> TransactionReader<'a> {
         let at = r.position();
         let object = object_id(r, "DNA object")?;
         if !self.seen.insert(object) {
-            return Err(DecodeError {
-                offset: at,
-                what: format!("object {object} has two DNAs in one transaction"),
-            });
+            return Err(DecodeError::new(
+                at,
+                format!("object {object} has two DNAs in one transaction"),
+            ));
         }
         let new_class = match r.u8("DNA flags")? {
             0 => None,
@@ -364,7 +364,7 @@ impl<'a> TransactionReader<'a> {
 
     /// The current DNA's next field write (slot, value); `None` after the
     /// last one.
-    #[inline]
+    #[inline(always)]
     pub fn next_field(&mut self) -> Result<Option<(u32, Value)>, DecodeError> {
         match self.within {
             Within::Fields(0) => {
@@ -407,10 +407,7 @@ impl<'a> TransactionReader<'a> {
 fn object_id(r: &mut Reader<'_>, what: &str) -> Result<ObjectId, DecodeError> {
     let at = r.position();
     match r.varint(what)? {
-        0 => Err(DecodeError {
-            offset: at,
-            what: format!("{what} is object 0 (null)"),
-        }),
+        0 => Err(DecodeError::new(at, format!("{what} is object 0 (null)"))),
         id => Ok(ObjectId(id)),
     }
 }
@@ -467,7 +464,7 @@ mod tests {
         let mut bytes = sample().encode();
         bytes[0] = 9;
         let err = Transaction::decode(&bytes).unwrap_err();
-        assert!(err.what.contains("version 9"), "{err}");
+        assert!(err.what().contains("version 9"), "{err}");
     }
 
     #[test]
@@ -510,14 +507,14 @@ mod tests {
         let err = std::iter::from_fn(|| reader.next_dna().transpose())
             .find_map(Result::err)
             .expect("the damaged value is found");
-        assert!(err.what.contains("value tag"), "{err}");
+        assert!(err.what().contains("value tag"), "{err}");
         let mut longer = bytes;
         longer.push(0);
         let (_, mut reader) = TransactionReader::new(&longer).unwrap();
         let err = std::iter::from_fn(|| reader.next_dna().transpose())
             .find_map(Result::err)
             .expect("the trailing byte is found");
-        assert!(err.what.contains("trailing"), "{err}");
+        assert!(err.what().contains("trailing"), "{err}");
     }
 
     #[test]
@@ -528,7 +525,7 @@ mod tests {
             assert!(Transaction::decode(&tx.encode()).is_ok(), "{count} DNAs");
             tx.dnas.push(Dna::update(ObjectId(count)));
             let err = Transaction::decode(&tx.encode()).unwrap_err();
-            assert!(err.what.contains("two DNAs"), "{count} DNAs: {err}");
+            assert!(err.what().contains("two DNAs"), "{count} DNAs: {err}");
         }
     }
 
@@ -537,6 +534,6 @@ mod tests {
         let mut tx = sample();
         tx.dnas[1].object = ObjectId(1);
         let err = Transaction::decode(&tx.encode()).unwrap_err();
-        assert!(err.what.contains("two DNAs"), "{err}");
+        assert!(err.what().contains("two DNAs"), "{err}");
     }
 }

@@ -511,6 +511,7 @@ impl Value {
         }
     }
 
+    #[inline]
     pub fn decode(r: &mut Reader<'_>) -> Result<Value, DecodeError> {
         let start = r.position();
         let tag = r.u8("value tag")?;
@@ -518,10 +519,10 @@ impl Value {
             return Ok(Value::Null);
         }
         let Some(kind) = FieldKind::from_code(tag) else {
-            return Err(DecodeError {
-                offset: start,
-                what: format!("unknown value tag {tag:#x}"),
-            });
+            return Err(DecodeError::new(
+                start,
+                format!("unknown value tag {tag:#x}"),
+            ));
         };
         match kind {
             FieldKind::Scalar(k) => decode_scalar(k, r),
@@ -530,6 +531,7 @@ impl Value {
     }
 }
 
+#[inline]
 fn decode_scalar(kind: ScalarKind, r: &mut Reader<'_>) -> Result<Value, DecodeError> {
     Ok(match kind {
         ScalarKind::Boolean => match r.u8("boolean")? {
@@ -995,10 +997,7 @@ impl Object {
                 for _ in 0..n {
                     let at = r.position();
                     if !set.insert(Value::decode(&mut r)?) {
-                        return Err(DecodeError {
-                            offset: at,
-                            what: "a set element appears twice".into(),
-                        });
+                        return Err(DecodeError::new(at, "a set element appears twice"));
                     }
                 }
                 Body::Set(set)
@@ -1010,10 +1009,7 @@ impl Object {
                     let key = Value::decode(&mut r)?;
                     let value = Value::decode(&mut r)?;
                     if map.insert(key, value).is_some() {
-                        return Err(DecodeError {
-                            offset: at,
-                            what: "a map key appears twice".into(),
-                        });
+                        return Err(DecodeError::new(at, "a map key appears twice"));
                     }
                 }
                 Body::Map(map)

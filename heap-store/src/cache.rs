@@ -1,0 +1,416 @@
+//! The object cache: materialized objects by id, with what the heap knows
+//! about each (version, dirty, approximate size), bounded by a byte budget.
+//!
+//! Owns: the cached objects, the dirty set, size accounting (kept per
+//! change, never recomputed per change), clock eviction of clean objects
+//! and the hit/miss counters.
+//! Not: where objects come from or how changes are checked (`heap.rs`).
+//! Invariants: `dirty` holds exactly the ids of cached objects whose
+//! `dirty` flag is set; `bytes` is the sum of the cached objects' sizes;
+//! only clean objects are evicted.
+
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+
+use crate::model::{LogicalOp, Object, ObjectId, Value};
+use tc_wal::Lsn;
+
+/// Cache entries one eviction pass looks at, plus two per object that
+/// entered the cache since the last pass.
+const EVICTION_STEPS_BASE: usize = 1024;
+
+/// A materialized object and what the cache knows about it.
+pub(crate) struct Cached {
+    pub object: Arc<Object>,
+    /// LSN of the last change applied to it.
+    pub version: Lsn,
+    dirty: bool,
+    pub bytes: usize,
+    recently_used: bool,
+}
+
+/// An object as of some LSN, shared (copy-on-write) with the heap.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub object: Arc<Object>,
+    /// LSN of the last change in it.
+    pub version: Lsn,
+}
+
+/// A dirty object as of a checkpoint: shared with the heap (copy on
+/// write), so it is encoded outside the heap lock.
+pub(crate) struct DirtyObject {
+    pub id: ObjectId,
+    pub version: Lsn,
+    pub object: Arc<Object>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub objects: usize,
+    pub bytes: usize,
+    pub dirty_objects: usize,
+    pub evictions: u64,
+}
+
+pub(crate) struct Cache {
+    /// Keyed by dense ids from our own allocator, so a fast non-keyed hash
+    /// (foldhash) is safe: nobody outside chooses the keys' distribution
+    /// beyond asking for ids.
+    map: IndexMap<ObjectId, Cached, foldhash::fast::RandomState>,
+    dirty: foldhash::HashSet<ObjectId>,
+    clock_hand: usize,
+    inserted_since_eviction: usize,
+    bytes: usize,
+    budget_bytes: usize,
+    stats: CacheStats,
+}
+
+impl Cache {
+    pub fn new(budget_bytes: usize) -> Cache {
+        Cache {
+            map: IndexMap::default(),
+            dirty: foldhash::HashSet::default(),
+            clock_hand: 0,
+            inserted_since_eviction: 0,
+            bytes: 0,
+            budget_bytes,
+            stats: CacheStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            objects: self.map.len(),
+            bytes: self.bytes,
+            dirty_objects: self.dirty.len(),
+            ..self.stats
+        }
+    }
+
+    pub fn budget_bytes(&self) -> usize {
+        self.budget_bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Whether `id` is cached (no clock mark, not counted as a hit).
+    pub fn contains(&self, id: ObjectId) -> bool {
+        self.map.contains_key(&id)
+    }
+
+    /// Where `id` is, counted as a hit or a miss.
+    pub fn find(&mut self, id: ObjectId) -> Option<usize> {
+        let index = self.map.get_index_of(&id);
+        match index {
+            Some(_) => self.stats.hits += 1,
+            None => self.stats.misses += 1,
+        }
+        index
+    }
+
+    /// Where `id` is, if cached (not counted).
+    pub fn index_of(&self, id: ObjectId) -> Option<usize> {
+        self.map.get_index_of(&id)
+    }
+
+    /// The entry at `index`, marked recently used.
+    pub fn used(&mut self, index: usize) -> &mut Cached {
+        let (_, cached) = self.map.get_index_mut(index).expect("a cache index");
+        cached.recently_used = true;
+        cached
+    }
+
+    /// The object at `index`, marked recently used.
+    pub fn snapshot_used(&mut self, index: usize) -> Snapshot {
+        let cached = self.used(index);
+        Snapshot {
+            object: Arc::clone(&cached.object),
+            version: cached.version,
+        }
+    }
+
+    /// Caches `id` (not cached yet) and returns its index.
+    pub fn insert(&mut self, id: ObjectId, object: Object, version: Lsn, dirty: bool) -> usize {
+        self.inserted_since_eviction += 1;
+        let bytes = approx_bytes(&object);
+        self.bytes += bytes;
+        if dirty {
+            self.dirty.insert(id);
+        }
+        let (index, old) = self.map.insert_full(
+            id,
+            Cached {
+                object: Arc::new(object),
+                version,
+                dirty,
+                bytes,
+                recently_used: true,
+            },
+        );
+        assert!(old.is_none(), "{id} inserted into the cache twice");
+        index
+    }
+
+    /// Records that the object at `index` (which is `id`) changed at `lsn`
+    /// and its size by `bytes_delta`: it is now dirty at that version.
+    pub fn changed(&mut self, index: usize, id: ObjectId, lsn: Lsn, bytes_delta: isize) {
+        let (_, cached) = self.map.get_index_mut(index).expect("a cache index");
+        let bytes = cached.bytes.checked_add_signed(bytes_delta);
+        let bytes = bytes.expect("an object's size stays positive");
+        debug_assert_eq!(bytes, approx_bytes(&cached.object), "size of {id} drifted");
+        self.bytes = self.bytes - cached.bytes + bytes;
+        cached.bytes = bytes;
+        cached.version = lsn;
+        cached.recently_used = true;
+        if !std::mem::replace(&mut cached.dirty, true) {
+            self.dirty.insert(id);
+        }
+    }
+
+    /// Takes `id` out of the cache, dirty or not.
+    pub fn remove(&mut self, id: ObjectId) {
+        if let Some(gone) = self.map.swap_remove(&id) {
+            self.bytes -= gone.bytes;
+        }
+        self.dirty.remove(&id);
+    }
+
+    /// Marks `id` clean if it is cached at `version` (its image at that
+    /// version is durable).
+    pub fn mark_clean_at(&mut self, id: ObjectId, version: Lsn) {
+        if let Some(cached) = self.map.get_mut(&id).filter(|c| c.version == version) {
+            cached.dirty = false;
+            self.dirty.remove(&id);
+        }
+    }
+
+    /// Every dirty object, shared.
+    pub fn dirty_objects(&self) -> Vec<DirtyObject> {
+        self.dirty
+            .iter()
+            .map(|&id| {
+                let cached = &self.map[&id];
+                DirtyObject {
+                    id,
+                    version: cached.version,
+                    object: Arc::clone(&cached.object),
+                }
+            })
+            .collect()
+    }
+
+    /// Whether dirty objects keep the cache over its budget (a checkpoint
+    /// would let them go).
+    pub fn needs_checkpoint(&self) -> bool {
+        self.bytes > self.budget_bytes && !self.dirty.is_empty()
+    }
+
+    /// Moves every object of `other` (none of them cached here) into this
+    /// cache, with its state; adds up the counters.
+    pub fn absorb(&mut self, mut other: Cache) {
+        if self.map.is_empty() {
+            std::mem::swap(&mut self.map, &mut other.map);
+            std::mem::swap(&mut self.dirty, &mut other.dirty);
+            self.bytes += other.bytes;
+        }
+        self.map.reserve(other.map.len());
+        for (id, cached) in other.map {
+            self.bytes += cached.bytes;
+            if cached.dirty {
+                self.dirty.insert(id);
+            }
+            let old = self.map.insert(id, cached);
+            assert!(old.is_none(), "{id} in two caches");
+        }
+        self.inserted_since_eviction += other.inserted_since_eviction;
+        self.stats.hits += other.stats.hits;
+        self.stats.misses += other.stats.misses;
+        self.stats.evictions += other.stats.evictions;
+    }
+
+    /// A full eviction pass (after a checkpoint made objects clean).
+    pub fn evict_all_over_budget(&mut self) {
+        self.inserted_since_eviction = self.map.len();
+        self.evict_over_budget();
+    }
+
+    /// Evicts clean objects (clock order) until the cache fits its budget
+    /// or only dirty and recently used objects are left.
+    pub fn evict_over_budget(&mut self) {
+        // Bounded work per call, proportional to what entered the cache:
+        // with the cache full of dirty objects this gives up quickly (a
+        // checkpoint will make them clean, then `evict_all_over_budget`).
+        let steps_max = EVICTION_STEPS_BASE + 2 * std::mem::take(&mut self.inserted_since_eviction);
+        let mut steps = (2 * self.map.len()).min(steps_max);
+        while self.bytes > self.budget_bytes && steps > 0 && !self.map.is_empty() {
+            steps -= 1;
+            if self.clock_hand >= self.map.len() {
+                self.clock_hand = 0;
+            }
+            let (_, cached) = self
+                .map
+                .get_index_mut(self.clock_hand)
+                .expect("hand in range");
+            if cached.dirty {
+                self.clock_hand += 1;
+            } else if cached.recently_used {
+                cached.recently_used = false;
+                self.clock_hand += 1;
+            } else {
+                let (_, gone) = self
+                    .map
+                    .swap_remove_index(self.clock_hand)
+                    .expect("hand in range");
+                self.bytes -= gone.bytes;
+                self.stats.evictions += 1;
+            }
+        }
+    }
+}
+
+/// Rough in-memory size of an object, for the cache budget. Kept up to
+/// date per change (`op_bytes_delta`, `value_bytes`), never recomputed
+/// per change: that would cost a whole collection per map put.
+pub(crate) fn approx_bytes(object: &Object) -> usize {
+    use crate::model::Body;
+    let values: usize = match &object.body {
+        Body::Fields(v) | Body::List(v) => v.iter().map(value_bytes).sum(),
+        Body::Map(m) => m.iter().map(|(k, v)| entry_bytes(k, v)).sum(),
+        Body::Set(s) => s.iter().map(value_bytes).sum(),
+        Body::Queue(q) => q.iter().map(value_bytes).sum(),
+    };
+    OBJECT_BYTES + values
+}
+
+/// An object's size without its values.
+const OBJECT_BYTES: usize = 96;
+
+pub(crate) fn value_bytes(v: &Value) -> usize {
+    use crate::model::Array;
+    32 + match v {
+        Value::String(s) => s.len(),
+        Value::Array(Array::Boolean(v)) => v.len(),
+        Value::Array(Array::Byte(v)) => v.len(),
+        Value::Array(Array::String(v)) => v
+            .iter()
+            .map(|s| 24 + s.as_ref().map_or(0, String::len))
+            .sum(),
+        Value::Array(a) => a.len() * 8,
+        _ => 0,
+    }
+}
+
+fn entry_bytes(key: &Value, value: &Value) -> usize {
+    value_bytes(key) + value_bytes(value) + 16
+}
+
+/// How `approx_bytes(object)` changes when `op` is applied to it (which
+/// `check_op` allowed).
+pub(crate) fn op_bytes_delta(object: &Object, op: &LogicalOp) -> isize {
+    use crate::model::Body;
+    let size = |v: &Value| value_bytes(v) as isize;
+    match (&object.body, op) {
+        (Body::Map(m), LogicalOp::MapPut(k, v)) => match m.get(k) {
+            Some(old) => size(v) - size(old),
+            None => entry_bytes(k, v) as isize,
+        },
+        (Body::Map(m), LogicalOp::MapRemove(k)) => m
+            .get_key_value(k)
+            .map_or(0, |(k, v)| -(entry_bytes(k, v) as isize)),
+        (Body::List(l), LogicalOp::ListSet(i, v)) => size(v) - size(&l[*i as usize]),
+        (Body::List(l), LogicalOp::ListRemoveAt(i)) => -size(&l[*i as usize]),
+        (Body::Set(s), LogicalOp::SetAdd(v)) if !s.contains(v) => size(v),
+        (Body::Set(s), LogicalOp::SetRemove(v)) if s.contains(v) => -size(v),
+        (Body::Queue(q), LogicalOp::QueuePoll) => q.front().map_or(0, |v| -size(v)),
+        (_, LogicalOp::ListAdd(v) | LogicalOp::ListInsert(_, v) | LogicalOp::QueueOffer(v)) => {
+            size(v)
+        }
+        (_, LogicalOp::Clear) => OBJECT_BYTES as isize - approx_bytes(object) as isize,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Body, ClassId, ClassKind};
+    use proptest::prelude::*;
+
+    /// Few distinct values, so puts and adds often hit existing entries.
+    fn value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (0..4i32).prop_map(Value::Int),
+            "[ab]{0,3}".prop_map(Value::String),
+            Just(Value::Null),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = LogicalOp> {
+        prop_oneof![
+            (value(), value()).prop_map(|(k, v)| LogicalOp::MapPut(k, v)),
+            value().prop_map(LogicalOp::MapRemove),
+            value().prop_map(LogicalOp::ListAdd),
+            (0..4u32, value()).prop_map(|(i, v)| LogicalOp::ListInsert(i, v)),
+            (0..4u32, value()).prop_map(|(i, v)| LogicalOp::ListSet(i, v)),
+            (0..4u32).prop_map(LogicalOp::ListRemoveAt),
+            value().prop_map(LogicalOp::SetAdd),
+            value().prop_map(LogicalOp::SetRemove),
+            value().prop_map(LogicalOp::QueueOffer),
+            Just(LogicalOp::QueuePoll),
+            Just(LogicalOp::Clear),
+        ]
+    }
+
+    fn empty(kind: ClassKind) -> Object {
+        let body = match kind {
+            ClassKind::Map => Body::Map(Default::default()),
+            ClassKind::List => Body::List(Vec::new()),
+            ClassKind::Set => Body::Set(Default::default()),
+            ClassKind::Queue => Body::Queue(Default::default()),
+            ClassKind::Plain => Body::Fields(vec![Value::Null; 4]),
+        };
+        Object {
+            class: ClassId(1),
+            body,
+        }
+    }
+
+    proptest! {
+        /// The cache's size of an object is kept per change; it must stay
+        /// what recomputing it from scratch gives.
+        #[test]
+        fn sizes_kept_per_change_match_recomputed_ones(
+            kind in prop_oneof![
+                Just(ClassKind::Map),
+                Just(ClassKind::List),
+                Just(ClassKind::Set),
+                Just(ClassKind::Queue),
+            ],
+            ops in proptest::collection::vec(op(), 1..60),
+            writes in proptest::collection::vec((0..4u32, value()), 1..20),
+        ) {
+            let mut object = empty(kind);
+            let mut size = approx_bytes(&object) as isize;
+            for op in &ops {
+                if object.check_op(op).is_ok() {
+                    size += op_bytes_delta(&object, op);
+                    object.apply(op);
+                    prop_assert_eq!(size, approx_bytes(&object) as isize, "after {:?}", op);
+                }
+            }
+            let mut plain = empty(ClassKind::Plain);
+            let mut size = approx_bytes(&plain) as isize;
+            for (slot, value) in writes {
+                size += value_bytes(&value) as isize;
+                size -= value_bytes(&plain.set_field(slot, value)) as isize;
+                prop_assert_eq!(size, approx_bytes(&plain) as isize);
+            }
+        }
+    }
+}
