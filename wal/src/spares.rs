@@ -1,8 +1,10 @@
 //! The pool of spare segment files, kept ready off the commit path.
 //!
 //! Owns: the list of ready spares and the allocator thread that zero-fills
-//! new ones. A rollover takes a ready spare (fast path) or, if none is ready,
-//! creates one itself (counted in `WalStats::spare_misses`). Truncation
+//! new ones, in small steps so that commits meanwhile do not wait for a
+//! whole segment of zeroes to reach the disk (`Fill::Background`). A rollover takes a
+//! ready spare (fast path) or, if none is ready, creates one itself at
+//! once (counted in `WalStats::spare_misses`). Truncation
 //! recycles old segments into the pool (their blocks are already written,
 //! which keeps `fdatasync` cheap); stale frames in them are harmless because
 //! every frame carries its own LSN.
@@ -16,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::error::{Result, WalError};
-use crate::segment::{self, PARTIAL_SUFFIX, SPARE_SUFFIX};
+use crate::segment::{self, Fill, PARTIAL_SUFFIX, SPARE_SUFFIX};
 
 const ALLOCATION_RETRY: Duration = Duration::from_secs(1);
 
@@ -100,7 +102,7 @@ impl Spares {
             state.next_number - 1
         };
         self.misses.fetch_add(1, Ordering::Relaxed);
-        segment::create_spare(&self.dir, number, self.segment_bytes)
+        segment::create_spare(&self.dir, number, self.segment_bytes, Fill::Urgent)
     }
 
     /// Keeps a retired segment as a spare if the pool has room and it has
@@ -142,7 +144,8 @@ impl Spares {
                 state.next_number += 1;
                 state.next_number - 1
             };
-            let created = segment::create_spare(&self.dir, number, self.segment_bytes);
+            let created =
+                segment::create_spare(&self.dir, number, self.segment_bytes, Fill::Background);
             let mut state = self.lock();
             state.allocating = false;
             self.changed.notify_all();
