@@ -89,6 +89,8 @@ pub struct WriteAmpRow {
     pub cleaner_live_fraction: f64,
     pub transactions: u64,
     pub tx_per_sec: f64,
+    /// The longest single commit (checkpoints and cleaning included).
+    pub longest_commit_us: u64,
     /// Sum of the encoded transactions committed.
     pub logical_bytes: u64,
     /// `stats().wal.bytes` delta (frames).
@@ -130,10 +132,11 @@ pub fn run(args: &WriteAmpArgs) -> Result<(), StoreBenchError> {
 }
 
 pub fn table(rows: &[WriteAmpRow]) -> String {
-    const HEADER: [&str; 10] = [
+    const HEADER: [&str; 11] = [
         "objects",
         "committers",
         "tx/s",
+        "longest commit us",
         "logical MiB",
         "WAL MiB",
         "data MiB",
@@ -149,6 +152,7 @@ pub fn table(rows: &[WriteAmpRow]) -> String {
                 r.objects.to_string(),
                 r.committers.to_string(),
                 format!("{:.0}", r.tx_per_sec),
+                r.longest_commit_us.to_string(),
                 store_common::mib(r.logical_bytes),
                 store_common::mib(r.wal_bytes),
                 store_common::mib(r.data_bytes),
@@ -231,15 +235,13 @@ pub fn run_one(args: &WriteAmpArgs) -> Result<WriteAmpRow, StoreBenchError> {
     let device_before = store_common::device_write_bytes(store_dir.path());
     let stop = AtomicBool::new(false);
     let maintenance_stop = AtomicBool::new(false);
-    let logical = AtomicU64::new(0);
-    let transactions = AtomicU64::new(0);
+    let counters = Counters::default();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
     let (committed, maintained) = std::thread::scope(|scope| {
         let committers: Vec<_> = (0..args.committers)
             .map(|index| {
-                let (store, ids, stop) = (&store, &ids, &stop);
-                let (logical, transactions) = (&logical, &transactions);
+                let (store, ids, stop, counters) = (&store, &ids, &stop, &counters);
                 std::thread::Builder::new()
                     .name(format!("committer-{index}"))
                     .spawn_scoped(scope, move || {
@@ -250,8 +252,7 @@ pub fn run_one(args: &WriteAmpArgs) -> Result<WriteAmpRow, StoreBenchError> {
                             u64::from(index),
                             deadline,
                             stop,
-                            logical,
-                            transactions,
+                            counters,
                         );
                         if result.is_err() {
                             stop.store(true, Ordering::Relaxed);
@@ -286,8 +287,8 @@ pub fn run_one(args: &WriteAmpArgs) -> Result<WriteAmpRow, StoreBenchError> {
                 last_progress = Instant::now();
                 eprintln!(
                     "  write-amp: {} transactions, {} MiB logical",
-                    transactions.load(Ordering::Relaxed),
-                    store_common::mib(logical.load(Ordering::Relaxed))
+                    counters.transactions.load(Ordering::Relaxed),
+                    store_common::mib(counters.logical.load(Ordering::Relaxed))
                 );
             }
         }
@@ -312,8 +313,8 @@ pub fn run_one(args: &WriteAmpArgs) -> Result<WriteAmpRow, StoreBenchError> {
     store.close().map_err(store_err("closing the store"))?;
     drop(store_dir);
 
-    let logical_bytes = logical.load(Ordering::Relaxed);
-    let transactions = transactions.load(Ordering::Relaxed);
+    let logical_bytes = counters.logical.load(Ordering::Relaxed);
+    let transactions = counters.transactions.load(Ordering::Relaxed);
     let wal_bytes = after.wal.bytes - before.wal.bytes;
     let data_bytes = maintained.image_bytes + maintained.bytes_moved;
     let device_write_bytes = match (device_before, device_after) {
@@ -340,6 +341,7 @@ pub fn run_one(args: &WriteAmpArgs) -> Result<WriteAmpRow, StoreBenchError> {
         cleaner_live_fraction,
         transactions,
         tx_per_sec: transactions as f64 / elapsed,
+        longest_commit_us: counters.longest_commit_us.load(Ordering::Relaxed),
         logical_bytes,
         wal_bytes,
         wal_syncs: after.wal.syncs - before.wal.syncs,
@@ -372,7 +374,15 @@ pub fn run_one(args: &WriteAmpArgs) -> Result<WriteAmpRow, StoreBenchError> {
     Ok(row)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the committers add up.
+#[derive(Default)]
+struct Counters {
+    /// Encoded transaction bytes committed.
+    logical: AtomicU64,
+    transactions: AtomicU64,
+    longest_commit_us: AtomicU64,
+}
+
 fn update_loop(
     store: &Store,
     ids: &IdSpace,
@@ -380,8 +390,7 @@ fn update_loop(
     index: u64,
     deadline: Instant,
     stop: &AtomicBool,
-    logical: &AtomicU64,
-    transactions: &AtomicU64,
+    counters: &Counters,
 ) -> Result<(), StoreBenchError> {
     let mut rng = Rng::new(0xA3A3 + index);
     let mut slots = Vec::with_capacity(8);
@@ -393,11 +402,16 @@ fn update_loop(
         seq += 1;
         let tx = store_common::update_tx(client, seq, object, &slots, &mut rng);
         let len = tx.len() as u64;
+        let started = Instant::now();
         store
             .commit(tx)
             .map_err(store_err(format!("committer {index} commit")))?;
-        logical.fetch_add(len, Ordering::Relaxed);
-        transactions.fetch_add(1, Ordering::Relaxed);
+        let took = started.elapsed().as_micros() as u64;
+        counters
+            .longest_commit_us
+            .fetch_max(took, Ordering::Relaxed);
+        counters.logical.fetch_add(len, Ordering::Relaxed);
+        counters.transactions.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }
