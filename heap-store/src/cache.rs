@@ -190,10 +190,15 @@ impl Cache {
         }
     }
 
-    /// Every dirty object, shared.
-    pub fn dirty_objects(&self) -> Vec<DirtyObject> {
-        self.dirty
-            .iter()
+    /// The ids of every dirty object.
+    pub fn dirty_ids(&self) -> Vec<ObjectId> {
+        self.dirty.iter().copied().collect()
+    }
+
+    /// The objects among `ids` that are dirty, shared.
+    pub fn dirty_objects(&self, ids: &[ObjectId]) -> Vec<DirtyObject> {
+        ids.iter()
+            .filter(|id| self.dirty.contains(id))
             .map(|&id| {
                 let cached = &self.map[&id];
                 DirtyObject {

@@ -279,11 +279,17 @@ impl Heap {
         }
     }
 
-    /// Every dirty object, shared, for a checkpoint at `applied_end` to
+    /// The ids of every dirty object: what a checkpoint at `applied_end`
+    /// must write (`dirty_objects`, a batch at a time).
+    pub fn dirty_ids(&self) -> Vec<ObjectId> {
+        self.cache.dirty_ids()
+    }
+
+    /// The objects among `ids` still dirty, shared, for a checkpoint to
     /// encode without the heap lock. They stay dirty until `install`ed at
     /// their version, so a checkpoint that fails half-way loses nothing.
-    pub fn dirty_objects(&self) -> Vec<DirtyObject> {
-        self.cache.dirty_objects()
+    pub fn dirty_objects(&self, ids: &[ObjectId]) -> Vec<DirtyObject> {
+        self.cache.dirty_objects(ids)
     }
 
     /// Points the table at an image now durable in a data segment. Returns
