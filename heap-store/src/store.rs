@@ -27,7 +27,7 @@ use tc_wal::{AppendSlot, PendingAppend, Wal, WalConfig};
 
 use crate::cache::{CacheStats, Snapshot};
 use crate::checkpoint::Checkpoint;
-use crate::datafile::{DataFiles, SegmentWriter, image_record_bytes};
+use crate::datafile::{DataFiles, SegmentWriter};
 use crate::dna::Transaction;
 use crate::error::{Rejection, Result, StoreError};
 use crate::heap::{ApplyError, ENTRY_DELETED, Heap, ImageToRead, Lookup};
@@ -949,7 +949,9 @@ impl Inner {
             // A torn tail is fine only if no live image lies in it: the
             // live images found must account for every live byte.
             let (scanned, _end) = self.files.scan_all(segment)?;
-            let live: Vec<_> = {
+            // Which images the table still points at, and the live bytes
+            // it counts here, in one hold (a delete changes both).
+            let live_images: Vec<_> = {
                 let heap = lock(&self.heap);
                 let mut live = Vec::new();
                 for image in scanned {
@@ -959,19 +961,10 @@ impl Inner {
                             && e.offset == image.offset
                     });
                     if here {
-                        let read = self.files.read_image(
-                            segment,
-                            image.offset,
-                            image.record_bytes,
-                            image.object,
-                        )?;
-                        live.push((image.offset, read));
+                        live.push(image);
                     }
                 }
-                let found: u64 = live
-                    .iter()
-                    .map(|(_, i)| image_record_bytes(i.body.len()) as u64)
-                    .sum();
+                let found: u64 = live.iter().map(|i| u64::from(i.record_bytes)).sum();
                 let expected = heap.live_bytes.get(&segment).copied().unwrap_or(0);
                 if found != expected {
                     return Err(StoreError::corrupt(
@@ -984,15 +977,31 @@ impl Inner {
                 }
                 live
             };
+            // Read and checked again without the heap lock (no disk read
+            // under it); a synced segment does not change.
+            let live = live_images
+                .iter()
+                .map(|image| {
+                    let read = self.files.read_image(
+                        segment,
+                        image.offset,
+                        image.record_bytes,
+                        image.object,
+                    )?;
+                    Ok((image.offset, read))
+                })
+                .collect::<Result<Vec<_>>>()?;
             let written = self.write_images(
                 &mut m,
                 live.iter()
                     .map(|(_, i)| (i.object, i.version, i.body.as_slice())),
             )?;
-            {
+            // Installed a batch per turn on the heap lock, as a checkpoint
+            // does; an entry that moved or was deleted meanwhile is left.
+            let moves: Vec<_> = live.iter().zip(written).collect();
+            for batch in moves.chunks(INSTALL_BATCH) {
                 let mut heap = lock(&self.heap);
-                for ((old_offset, image), (new_segment, offset, length)) in live.iter().zip(written)
-                {
+                for ((old_offset, image), (new_segment, offset, length)) in batch {
                     let class = heap
                         .table
                         .get(image.object)?
@@ -1000,17 +1009,22 @@ impl Inner {
                         .unwrap_or_default();
                     let entry = TableEntry {
                         version: image.version,
-                        segment: new_segment,
-                        offset,
-                        length,
+                        segment: *new_segment,
+                        offset: *offset,
+                        length: *length,
                         class,
                         flags: 0,
                     };
                     if heap.install(image.object, entry, Some((segment, *old_offset)))? {
                         report.images_moved += 1;
-                        report.bytes_moved += u64::from(length);
+                        report.bytes_moved += u64::from(*length);
                     }
                 }
+                drop(heap);
+                let_waiters_in();
+            }
+            {
+                let mut heap = lock(&self.heap);
                 heap.table.flush()?;
                 heap.live_bytes.remove(&segment);
             }
