@@ -133,6 +133,11 @@ fn fold_into(heap: &mut Heap, class_of: &mut Vec<u32>, shards: Vec<Shard>) -> Re
     Ok(replayed)
 }
 
+/// The shard (of `count`) that owns `id`.
+fn owner(id: ObjectId, count: u64) -> u64 {
+    id.0 % count
+}
+
 fn set_class_of(class_of: &mut Vec<u32>, id: ObjectId, class: u32, replace: bool) {
     let index = id.0 as usize;
     if index >= class_of.len() {
@@ -202,7 +207,7 @@ impl Shard {
     }
 
     fn owns(&self, id: ObjectId) -> bool {
-        id.0 % self.count == self.index
+        owner(id, self.count) == self.index
     }
 
     fn run(&mut self, source: &Source<'_>) -> std::result::Result<(), Failure> {
@@ -268,7 +273,7 @@ impl Shard {
             &mut self.cache,
             lsn,
             payload,
-            |id| id.0 % count == index,
+            |id| owner(id, count) == index,
             |id, class| classes_of.push((id, class.0, false)),
         )?;
         if self.index == 0 {

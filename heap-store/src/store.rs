@@ -950,8 +950,9 @@ impl Inner {
             // live images found must account for every live byte.
             let (scanned, _end) = self.files.scan_all(segment)?;
             // Which images the table still points at, and the live bytes
-            // it counts here, in one hold (a delete changes both).
-            let live_images: Vec<_> = {
+            // it counts here, in one hold (a delete changes both). The
+            // scan, outside the lock, read and CRC-checked each image.
+            let live: Vec<_> = {
                 let heap = lock(&self.heap);
                 let mut live = Vec::new();
                 for image in scanned {
@@ -977,31 +978,17 @@ impl Inner {
                 }
                 live
             };
-            // Read and checked again without the heap lock (no disk read
-            // under it); a synced segment does not change.
-            let live = live_images
-                .iter()
-                .map(|image| {
-                    let read = self.files.read_image(
-                        segment,
-                        image.offset,
-                        image.record_bytes,
-                        image.object,
-                    )?;
-                    Ok((image.offset, read))
-                })
-                .collect::<Result<Vec<_>>>()?;
             let written = self.write_images(
                 &mut m,
                 live.iter()
-                    .map(|(_, i)| (i.object, i.version, i.body.as_slice())),
+                    .map(|i| (i.object, i.version, i.body.as_slice())),
             )?;
             // Installed a batch per turn on the heap lock, as a checkpoint
             // does; an entry that moved or was deleted meanwhile is left.
             let moves: Vec<_> = live.iter().zip(written).collect();
             for batch in moves.chunks(INSTALL_BATCH) {
                 let mut heap = lock(&self.heap);
-                for ((old_offset, image), (new_segment, offset, length)) in batch {
+                for (image, (new_segment, offset, length)) in batch {
                     let class = heap
                         .table
                         .get(image.object)?
@@ -1015,7 +1002,7 @@ impl Inner {
                         class,
                         flags: 0,
                     };
-                    if heap.install(image.object, entry, Some((segment, *old_offset)))? {
+                    if heap.install(image.object, entry, Some((segment, image.offset)))? {
                         report.images_moved += 1;
                         report.bytes_moved += u64::from(*length);
                     }
