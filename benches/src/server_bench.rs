@@ -23,6 +23,7 @@ use tc_heap_store::{ClassDef, ClassId, FieldKind, ObjectId, ScalarKind, Value};
 use tc_server::{Server, ServerConfig};
 
 use crate::baselines::{self, Baseline, BaselineServer, Workload};
+use crate::fsync_probe;
 use crate::report::{self, LatencySummary};
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +127,11 @@ pub struct ServerRow {
     /// server only): how well group commit gathers the writers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub records_per_fsync: Option<f64>,
+    /// p50 of `pwrite` + `fdatasync` on the server's disk, measured just
+    /// before the run (in-process tc server only): what the one-writer
+    /// latency target is relative to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fdatasync_p50_us: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_vs_redis: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,6 +164,12 @@ pub fn run(workload: TcWorkload, args: &ServerBenchArgs) -> Result<(), ServerBen
                 data_dir: dir.path().join("data"),
                 ..base
             };
+            let fdatasync = fsync_probe::measure(dir.path())
+                .map_err(|err| ServerBenchError::Setup(format!("fdatasync probe: {err}")))?;
+            eprintln!(
+                "fdatasync: p50 {} us, p99 {} us ({} samples)",
+                fdatasync.p50_us, fdatasync.p99_us, fdatasync.count
+            );
             let server = server_runtime.block_on(Server::bind(config))?;
             let addr = server.local_addr();
             let store = server.shared().store.clone();
@@ -174,7 +186,10 @@ pub fn run(workload: TcWorkload, args: &ServerBenchArgs) -> Result<(), ServerBen
             server_runtime
                 .block_on(serving)
                 .map_err(|err| ServerBenchError::Setup(format!("server task: {err}")))??;
-            result?
+            ServerRow {
+                fdatasync_p50_us: Some(fdatasync.p50_us),
+                ..result?
+            }
         }
     };
     let mut rows = vec![tc];
@@ -205,6 +220,7 @@ pub fn run(workload: TcWorkload, args: &ServerBenchArgs) -> Result<(), ServerBen
             p999_us: summary.p999_us,
             max_us: summary.max_us,
             records_per_fsync: None,
+            fdatasync_p50_us: None,
             ratio_vs_redis: None,
             ratio_vs_postgres: None,
         });
@@ -236,7 +252,7 @@ fn runtime(name: &str) -> Result<tokio::runtime::Runtime, ServerBenchError> {
 }
 
 pub fn table(rows: &[ServerRow]) -> String {
-    const HEADER: [&str; 11] = [
+    const HEADER: [&str; 12] = [
         "system",
         "workload",
         "writers",
@@ -247,6 +263,7 @@ pub fn table(rows: &[ServerRow]) -> String {
         "p999 us",
         "max us",
         "rec/fsync",
+        "fdatasync p50 us",
         "ratio",
     ];
     let ratio = |row: &ServerRow| {
@@ -274,6 +291,8 @@ pub fn table(rows: &[ServerRow]) -> String {
                 row.max_us.to_string(),
                 row.records_per_fsync
                     .map_or_else(|| "-".to_string(), |r| format!("{r:.1}")),
+                row.fdatasync_p50_us
+                    .map_or_else(|| "-".to_string(), |us| us.to_string()),
                 ratio(row),
             ]
         })
@@ -486,6 +505,7 @@ async fn measure_tc(
         p999_us: summary.p999_us,
         max_us: summary.max_us,
         records_per_fsync,
+        fdatasync_p50_us: None,
         ratio_vs_redis: None,
         ratio_vs_postgres: None,
     })
