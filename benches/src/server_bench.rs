@@ -152,12 +152,14 @@ pub fn run(workload: TcWorkload, args: &ServerBenchArgs) -> Result<(), ServerBen
                 .prefix("tc-bench-server")
                 .tempdir_in(".")
                 .map_err(|err| ServerBenchError::Setup(format!("temp dir: {err}")))?;
-            let server_runtime = runtime("server")?;
             let base = match &args.server_config {
                 Some(path) => ServerConfig::from_file(path)
                     .map_err(|err| ServerBenchError::Setup(err.to_string()))?,
                 None => ServerConfig::default(),
             };
+            let server_runtime = base
+                .runtime("tc-bench-server")
+                .map_err(|err| ServerBenchError::Setup(format!("tokio runtime: {err}")))?;
             let config = ServerConfig {
                 listen: "127.0.0.1:0".parse().expect("constant address"),
                 metrics_listen: None,

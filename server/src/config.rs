@@ -49,6 +49,10 @@ pub struct ServerConfig {
     pub wal_segment_bytes: u64,
     /// WAL writes (each one write + one fdatasync) kept in flight at once.
     pub wal_writes_in_flight: u32,
+    /// Threads running sessions and requests; 0 = one fewer than the CPUs
+    /// (at least one), leaving a CPU to the WAL writer and disk work
+    /// (`runtime_workers`).
+    pub worker_threads: u32,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +73,7 @@ impl Default for ServerConfig {
             checkpoint_interval_secs: store.checkpoint_interval.as_secs(),
             wal_segment_bytes: store.wal.segment_bytes,
             wal_writes_in_flight: store.wal.writes_in_flight as u32,
+            worker_threads: 0,
         }
     }
 }
@@ -195,6 +200,12 @@ impl ServerConfig {
             (1..=8).contains(&c.wal_writes_in_flight),
             "expected 1 to 8",
         )?;
+        check(
+            "worker_threads",
+            u64::from(c.worker_threads),
+            c.worker_threads <= 1024,
+            "expected 0 (one fewer than the CPUs) to 1024",
+        )?;
         if c.wal_segment_bytes < 2 * u64::from(c.wal_record_bytes()) {
             return Err(ConfigError::Invalid {
                 key: "wal_segment_bytes",
@@ -211,6 +222,29 @@ impl ServerConfig {
 
     pub fn session_timeout(&self) -> Duration {
         Duration::from_millis(self.session_timeout_ms)
+    }
+
+    /// The runtime's worker threads: `worker_threads`, or if 0 one fewer
+    /// than the CPUs, at least one. A commit wakes the WAL writer thread and
+    /// is woken by it; on two CPUs a second worker measured no faster for
+    /// commits and 25 µs slower for a lone committer, its wake-ups crossing
+    /// CPUs (`docs/benchmarks.md`).
+    pub fn runtime_workers(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get() - 1)
+                .max(1),
+            n => n as usize,
+        }
+    }
+
+    /// The tokio runtime to serve with (`runtime_workers` threads).
+    pub fn runtime(&self, thread_name: &str) -> std::io::Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.runtime_workers())
+            .thread_name(thread_name)
+            .enable_all()
+            .build()
     }
 
     /// Largest WAL record: a transaction with its record header, or a store
@@ -285,5 +319,20 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("wal_segment_bytes"), "{err}");
+        let config = ServerConfig {
+            worker_threads: 5000,
+            ..ServerConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("worker_threads"), "{err}");
+    }
+
+    #[test]
+    fn worker_threads_default_to_one_fewer_than_the_cpus() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let config = ServerConfig::default();
+        assert_eq!(config.runtime_workers(), (cpus - 1).max(1));
+        let config = ServerConfig::from_toml("worker_threads = 3\n").unwrap();
+        assert_eq!(config.runtime_workers(), 3);
     }
 }

@@ -40,6 +40,9 @@ struct Args {
     /// Clients' heartbeat interval [default: 1000].
     #[arg(long, value_name = "MS")]
     heartbeat_interval_ms: Option<u64>,
+    /// Threads running sessions; 0 = one fewer than the CPUs [default: 0].
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<u32>,
 }
 
 impl Args {
@@ -65,6 +68,9 @@ impl Args {
         if let Some(ms) = self.heartbeat_interval_ms {
             config.heartbeat_interval_ms = ms;
         }
+        if let Some(n) = self.worker_threads {
+            config.worker_threads = n;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -88,14 +94,12 @@ fn main() -> ExitCode {
         }
     };
     info!(
-        "tc-server starting: listen {}, data dir {}",
+        "tc-server starting: listen {}, data dir {}, {} worker threads",
         config.listen,
-        config.data_dir.display()
+        config.data_dir.display(),
+        config.runtime_workers()
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match config.runtime("tc-server") {
         Ok(runtime) => runtime,
         Err(err) => {
             error!("cannot start the runtime: {err}");
