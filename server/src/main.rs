@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         }
     };
     info!(
-        "tc-server starting: listen {}, data dir {}, {} worker threads",
+        "tc-server starting: listen {}, data dir {}, worker threads: {}",
         config.listen,
         config.data_dir.display(),
         config.runtime_workers()
