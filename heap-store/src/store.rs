@@ -858,11 +858,10 @@ impl Inner {
             let_waiters_in();
         }
         drop(dirty);
-        {
-            let mut heap = lock(&self.heap);
-            heap.table.flush()?;
-            heap.evict_all_over_budget();
-        }
+        // Synced without the heap lock (commits go on meanwhile).
+        let table_sync = lock(&self.heap).table.sync_handle();
+        table_sync.flush()?;
+        lock(&self.heap).evict_all_over_budget();
         report.images_written = images.len();
         Checkpoint {
             lsn,
@@ -1010,11 +1009,9 @@ impl Inner {
                 drop(heap);
                 let_waiters_in();
             }
-            {
-                let mut heap = lock(&self.heap);
-                heap.table.flush()?;
-                heap.live_bytes.remove(&segment);
-            }
+            let table_sync = lock(&self.heap).table.sync_handle();
+            table_sync.flush()?;
+            lock(&self.heap).live_bytes.remove(&segment);
             self.files.delete(segment)?;
             report.segments_cleaned += 1;
             report.bytes_freed += size;

@@ -29,8 +29,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use memmap2::{Mmap, MmapMut};
 
@@ -313,11 +313,65 @@ pub struct ObjectTable {
     map: Map,
     /// Slots in the file, slot 0 included: `(len - 64) / 32`.
     slots: u64,
-    /// The file's length changed since the last successful flush.
+    sync: Arc<TableSync>,
+}
+
+/// What flushing the table needs, shared so that a caller can take it
+/// under its own lock and flush without holding that lock
+/// (`ObjectTable::sync_handle`): changes made to the table meanwhile are
+/// flushed or not, and the next flush takes them.
+#[derive(Debug)]
+pub struct TableSync {
+    path: PathBuf,
+    /// Its own descriptor of the table file; `None` for a read-only table.
+    file: Option<File>,
+    /// The file's length changed since the last flush began.
     grown: AtomicBool,
     /// The first flush failure; every later flush reports it (a failed
-    /// msync/fsync may have dropped dirty pages, so it is never retried).
-    flush_failed: OnceLock<StoreError>,
+    /// fsync may have dropped dirty pages, so it is never retried).
+    failed: OnceLock<StoreError>,
+}
+
+impl TableSync {
+    fn new(path: &Path, file: Option<&File>) -> Result<Arc<TableSync>> {
+        let file = file
+            .map(File::try_clone)
+            .transpose()
+            .map_err(|e| StoreError::io("dup", path, e))?;
+        Ok(Arc::new(TableSync {
+            path: path.to_path_buf(),
+            file,
+            grown: AtomicBool::new(false),
+            failed: OnceLock::new(),
+        }))
+    }
+
+    /// Makes every change made through the map before this call durable:
+    /// `fdatasync` of the file (on Linux what `msync(MS_SYNC)` of a shared
+    /// file mapping does: pages written through the map are dirty in the
+    /// page cache), `fsync` if the file grew, so its new length is durable
+    /// too. After a failure every later call fails with the same error.
+    /// Does nothing on a read-only table.
+    pub fn flush(&self) -> Result<()> {
+        if let Some(failed) = self.failed.get() {
+            return Err(failed.clone());
+        }
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        // Taken before syncing: a growth during the sync is synced next time.
+        let outcome = if self.grown.swap(false, Ordering::AcqRel) {
+            file.sync_all()
+                .map_err(|e| StoreError::io("fsync", &self.path, e))
+        } else {
+            file.sync_data()
+                .map_err(|e| StoreError::io("fdatasync", &self.path, e))
+        };
+        if let Err(e) = &outcome {
+            let _ = self.failed.set(e.clone());
+        }
+        outcome
+    }
 }
 
 impl std::fmt::Debug for ObjectTable {
@@ -356,12 +410,11 @@ impl ObjectTable {
         let map =
             unsafe { MmapMut::map_mut(&file) }.map_err(|e| StoreError::io("mmap", &path, e))?;
         let table = ObjectTable {
+            sync: TableSync::new(&path, Some(&file))?,
             path,
             file,
             map: Map::Writable(map),
             slots,
-            grown: AtomicBool::new(false),
-            flush_failed: OnceLock::new(),
         };
         table.check_mapped_header()?;
         Ok(table)
@@ -379,12 +432,11 @@ impl ObjectTable {
         // open, so nobody writes or truncates the file while it is mapped.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| StoreError::io("mmap", &path, e))?;
         let table = ObjectTable {
+            sync: TableSync::new(&path, None)?,
             path,
             file,
             map: Map::ReadOnly(map),
             slots,
-            grown: AtomicBool::new(false),
-            flush_failed: OnceLock::new(),
         };
         table.check_mapped_header()?;
         Ok(table)
@@ -448,33 +500,16 @@ impl ObjectTable {
         Ok(())
     }
 
-    /// Makes every change so far durable: msync of the whole map, then, if
-    /// the file grew since the last flush, `fsync` of the file so its new
-    /// length is durable too. After a failure every later call fails with
-    /// the same error. Does nothing on a read-only table.
+    /// Makes every change so far durable (`TableSync::flush`).
     pub fn flush(&self) -> Result<()> {
-        if let Some(failed) = self.flush_failed.get() {
-            return Err(failed.clone());
-        }
-        let Map::Writable(map) = &self.map else {
-            return Ok(());
-        };
-        let outcome = map
-            .flush()
-            .map_err(|e| StoreError::io("msync", &self.path, e))
-            .and_then(|()| {
-                if self.grown.load(Ordering::Acquire) {
-                    self.file
-                        .sync_all()
-                        .map_err(|e| StoreError::io("fsync", &self.path, e))?;
-                    self.grown.store(false, Ordering::Release);
-                }
-                Ok(())
-            });
-        if let Err(e) = &outcome {
-            let _ = self.flush_failed.set(e.clone());
-        }
-        outcome
+        self.sync.flush()
+    }
+
+    /// The table's flush, to run after dropping the lock the table is kept
+    /// under: the store flushes it at the end of a checkpoint or a cleaning
+    /// while commits go on.
+    pub fn sync_handle(&self) -> Arc<TableSync> {
+        Arc::clone(&self.sync)
     }
 
     /// Every non-empty slot in id order, with its entry or why it is
@@ -562,7 +597,7 @@ impl ObjectTable {
         self.file
             .set_len(len_new)
             .map_err(|e| StoreError::io("grow (set_len)", &self.path, e))?;
-        self.grown.store(true, Ordering::Release);
+        self.sync.grown.store(true, Ordering::Release);
         if let Err(e) = write_zeroes(&self.file, len_old, len_new) {
             // Best effort: give the unallocated space back. The length stays
             // valid either way.
@@ -785,7 +820,25 @@ mod tests {
         let len = fs::metadata(&path).expect("stat").len();
         assert_eq!(len, 64 + 500_001 * 32);
         table.flush().expect("flush");
-        assert!(!table.grown.load(Ordering::Acquire));
+        assert!(!table.sync.grown.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn a_sync_handle_taken_before_a_growth_syncs_the_new_length() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(TABLE_FILE_NAME);
+        let mut table = ObjectTable::open(&path).expect("create");
+        let handle = table.sync_handle();
+        table.set(ObjectId(70_000), &entry(7)).expect("set grows");
+        assert!(table.sync.grown.load(Ordering::Acquire));
+        handle.flush().expect("flush through the handle");
+        assert!(!table.sync.grown.load(Ordering::Acquire));
+        let reopened = ObjectTable::open_read_only(&path).expect("reopen");
+        assert_eq!(reopened.get(ObjectId(70_000)).expect("get"), Some(entry(7)));
+        assert!(
+            reopened.sync_handle().flush().is_ok(),
+            "read-only: nothing to do"
+        );
     }
 
     #[test]
