@@ -1,7 +1,8 @@
 //! The server's settings: defaults, the TOML file, and their checks.
 //!
 //! Owns: every setting's name, default and valid range
-//! (`docs/configuration.md` lists them; keep the two in step).
+//! (`docs/configuration.md` lists them; keep the two in step), and what
+//! is derived from them: the store's settings and the server's runtime.
 //! Invariant: a `ServerConfig` that passed `validate` can start a server;
 //! a bad file or value is an error naming the key and the expected form,
 //! never a half-configured server.
