@@ -368,6 +368,66 @@ mod tests {
         assert!(Reader::new(&too_big).varint("v").is_err());
     }
 
+    /// `varint` (whose path for ten bytes left skips the bounds checks)
+    /// against the byte-by-byte `varint_checked`: the same value or error
+    /// and the same position, for encodings of every length (canonical or
+    /// padded with a 0x80 group), overflowing tenth bytes, and random
+    /// bytes, with ten or more bytes left and with fewer.
+    #[test]
+    fn varint_agrees_with_the_byte_by_byte_decoder() {
+        let check = |bytes: &[u8]| {
+            let mut fast = Reader::new(bytes);
+            let mut slow = Reader::new(bytes);
+            let fast_value = fast.varint("v").map_err(|e| e.to_string());
+            let slow_value = slow.varint_checked("v").map_err(|e| e.to_string());
+            assert_eq!(fast_value, slow_value, "{bytes:02x?}");
+            assert_eq!(fast.position(), slow.position(), "{bytes:02x?}");
+        };
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for bits in 0..64 {
+            for _ in 0..64 {
+                let value = (next() >> (63 - bits)) | (1u64 << bits) >> 1;
+                let mut w = Writer::new();
+                w.varint(value);
+                let canonical = w.buf.clone();
+                w.buf.extend((0..12).map(|_| next() as u8));
+                check(&w.buf);
+                check(&canonical);
+                // The same value padded with a 0x80 group: longer, still accepted.
+                if canonical.len() < 10 {
+                    let mut padded = canonical.clone();
+                    *padded.last_mut().expect("a byte") |= 0x80;
+                    padded.push(0);
+                    padded.extend([0xaa; 10]);
+                    check(&padded);
+                }
+            }
+        }
+        for tenth in 0..=255u8 {
+            let mut bytes = vec![0xff; 9];
+            bytes.extend([tenth, 0x55, 0x55]);
+            check(&bytes);
+        }
+        // Random bytes, three in four continuing, so most run long.
+        for len in 0..24 {
+            for _ in 0..2000 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| match next() & 3 {
+                        0 => next() as u8 & 0x7f,
+                        _ => next() as u8 | 0x80,
+                    })
+                    .collect();
+                check(&bytes);
+            }
+        }
+    }
+
     #[test]
     fn a_forged_count_is_refused_before_allocating() {
         let mut w = Writer::new();
