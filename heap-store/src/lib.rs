@@ -14,7 +14,7 @@ pub use error::{Rejection, Result, StoreError};
 pub use tc_model::{
     Array, ClassDef, ClassId, ClassKind, FieldDef, FieldKind, ObjectId, ScalarKind, Value,
 };
-pub use tc_wal::Lsn;
+pub use tc_wal::{Backend, BackendChoice, Lsn};
 mod cache;
 pub mod checkpoint;
 pub mod datafile;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use tc_heap_store::StoreConfig;
+use tc_heap_store::{Backend, BackendChoice, StoreConfig};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9510";
 pub const DEFAULT_DATA_DIR: &str = "./tc-data";
@@ -50,6 +50,10 @@ pub struct ServerConfig {
     pub wal_segment_bytes: u64,
     /// WAL writes (each one write + one fdatasync) kept in flight at once.
     pub wal_writes_in_flight: u32,
+    /// How the WAL writes: `auto` (io_uring if the kernel allows it, else
+    /// portable, and the log says why), `uring` (or refuse to start) or
+    /// `portable` (`pwrite` + `fdatasync`).
+    pub wal_backend: String,
     /// Threads running sessions and requests; 0 = one fewer than the CPUs
     /// (at least one), leaving a CPU to the WAL writer and disk work
     /// (`runtime_workers`).
@@ -74,6 +78,7 @@ impl Default for ServerConfig {
             checkpoint_interval_secs: store.checkpoint_interval.as_secs(),
             wal_segment_bytes: store.wal.segment_bytes,
             wal_writes_in_flight: store.wal.writes_in_flight as u32,
+            wal_backend: "auto".to_string(),
             worker_threads: 0,
         }
     }
@@ -201,6 +206,13 @@ impl ServerConfig {
             (1..=8).contains(&c.wal_writes_in_flight),
             "expected 1 to 8",
         )?;
+        if c.wal_backend_choice().is_none() {
+            return Err(ConfigError::Invalid {
+                key: "wal_backend",
+                value: format!("{:?}", c.wal_backend),
+                expected: "expected \"auto\", \"uring\" or \"portable\"",
+            });
+        }
         check(
             "worker_threads",
             u64::from(c.worker_threads),
@@ -248,6 +260,14 @@ impl ServerConfig {
             .build()
     }
 
+    /// `wal_backend` as the WAL takes it; `None` if it names no backend.
+    fn wal_backend_choice(&self) -> Option<BackendChoice> {
+        match self.wal_backend.as_str() {
+            "auto" => Some(BackendChoice::Auto),
+            name => name.parse::<Backend>().ok().map(BackendChoice::Only),
+        }
+    }
+
     /// Largest WAL record: a transaction with its record header, or a store
     /// record of up to 1 MiB (a batch of deletions).
     fn wal_record_bytes(&self) -> u32 {
@@ -266,6 +286,9 @@ impl ServerConfig {
         store.wal.segment_bytes = self.wal_segment_bytes;
         store.wal.writes_in_flight = self.wal_writes_in_flight as usize;
         store.wal.max_record_bytes = self.wal_record_bytes();
+        store.wal.backend = self
+            .wal_backend_choice()
+            .expect("validate checked wal_backend");
         store
     }
 }
@@ -326,6 +349,30 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("worker_threads"), "{err}");
+        let config = ServerConfig::from_toml("wal_backend = \"aio\"\n").unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("wal_backend") && err.contains("\"aio\"") && err.contains("portable"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wal_backend_reaches_the_store() {
+        let backend = |text: &str| {
+            let config = ServerConfig::from_toml(text).unwrap();
+            config.validate().unwrap();
+            config.store_config().wal.backend
+        };
+        assert_eq!(backend(""), BackendChoice::Auto);
+        assert_eq!(
+            backend("wal_backend = \"portable\"\n"),
+            BackendChoice::Only(Backend::Portable)
+        );
+        assert_eq!(
+            backend("wal_backend = \"uring\"\n"),
+            BackendChoice::Only(Backend::Uring)
+        );
     }
 
     #[test]
