@@ -38,6 +38,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tempfile::TempDir;
 
+use crate::cpu::{CpuSample, CpuUse, ServerParty};
 use crate::report::{self, LatencySummary};
 
 /// Keys (Redis `k0`.., PostgreSQL rows `0`..) loaded before `read` runs.
@@ -873,6 +874,9 @@ pub struct BaselineRun {
     pub elapsed: Duration,
     /// Per-operation latency, µs (`report::latency_histogram`).
     pub latency: Histogram<u64>,
+    /// CPU use in the measured window (the server's process tree and the
+    /// bench's client threads); `None` where `/proc` cannot tell.
+    pub cpu: Option<CpuUse>,
 }
 
 /// `writers` connections, each with exactly one request outstanding at a
@@ -924,6 +928,11 @@ pub async fn run(
             ))
         })
         .collect();
+    let party = server.pid().map(ServerParty::ProcessTree);
+    tokio::time::sleep_until(window.measure_start.into()).await;
+    let cpu_before = party.and_then(CpuSample::take);
+    tokio::time::sleep_until(window.end.into()).await;
+    let cpu_after = party.and_then(CpuSample::take);
     let mut latency = report::latency_histogram();
     let (mut ops, mut completed) = (0u64, 0u64);
     let mut first_error = None;
@@ -961,6 +970,9 @@ pub async fn run(
         ops,
         elapsed: duration,
         latency,
+        cpu: cpu_before
+            .zip(cpu_after)
+            .and_then(|(before, after)| after.since(&before, ops)),
     })
 }
 

@@ -10,6 +10,7 @@
 //! line with `--json`); progress and warnings go to stderr.
 
 mod baselines;
+mod cpu;
 mod fsync_probe;
 mod recovery;
 mod report;

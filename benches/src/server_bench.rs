@@ -23,6 +23,7 @@ use tc_heap_store::{ClassDef, ClassId, FieldKind, ObjectId, ScalarKind, Value};
 use tc_server::{Server, ServerConfig};
 
 use crate::baselines::{self, Baseline, BaselineServer, Workload};
+use crate::cpu::{CpuSample, CpuUse, ServerParty};
 use crate::fsync_probe;
 use crate::report::{self, LatencySummary};
 
@@ -132,10 +133,31 @@ pub struct ServerRow {
     /// latency target is relative to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fdatasync_p50_us: Option<u64>,
+    /// CPU time per operation over the measured window (`cpu`): the
+    /// server's (tc in-process, or the baseline's processes; absent with
+    /// `--addr`) and the bench's client threads'.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_op: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cpu_us_per_op: Option<f64>,
+    /// Share of the machine's CPU time that was busy in the window, %.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine_busy_pct: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_vs_redis: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_vs_postgres: Option<f64>,
+}
+
+impl ServerRow {
+    fn with_cpu(self, cpu: Option<CpuUse>) -> ServerRow {
+        ServerRow {
+            server_cpu_us_per_op: cpu.and_then(|c| c.server_us_per_op),
+            client_cpu_us_per_op: cpu.map(|c| c.client_us_per_op),
+            machine_busy_pct: cpu.map(|c| c.machine_busy * 100.0),
+            ..self
+        }
+    }
 }
 
 pub fn run(workload: TcWorkload, args: &ServerBenchArgs) -> Result<(), ServerBenchError> {
@@ -207,25 +229,31 @@ pub fn run(workload: TcWorkload, args: &ServerBenchArgs) -> Result<(), ServerBen
             Duration::from_secs_f64(args.seconds),
         ))?;
         let summary = LatencySummary::of(&run.latency);
-        rows.push(ServerRow {
-            bench: "server",
-            workload: workload.name(),
-            system: kind.as_str(),
-            writers: args.writers,
-            sessions: args.writers,
-            value_bytes: args.value_bytes,
-            seconds: run.elapsed.as_secs_f64(),
-            ops: run.ops,
-            ops_per_sec: run.ops as f64 / run.elapsed.as_secs_f64(),
-            p50_us: summary.p50_us,
-            p99_us: summary.p99_us,
-            p999_us: summary.p999_us,
-            max_us: summary.max_us,
-            records_per_fsync: None,
-            fdatasync_p50_us: None,
-            ratio_vs_redis: None,
-            ratio_vs_postgres: None,
-        });
+        rows.push(
+            ServerRow {
+                bench: "server",
+                workload: workload.name(),
+                system: kind.as_str(),
+                writers: args.writers,
+                sessions: args.writers,
+                value_bytes: args.value_bytes,
+                seconds: run.elapsed.as_secs_f64(),
+                ops: run.ops,
+                ops_per_sec: run.ops as f64 / run.elapsed.as_secs_f64(),
+                p50_us: summary.p50_us,
+                p99_us: summary.p99_us,
+                p999_us: summary.p999_us,
+                max_us: summary.max_us,
+                records_per_fsync: None,
+                fdatasync_p50_us: None,
+                server_cpu_us_per_op: None,
+                client_cpu_us_per_op: None,
+                machine_busy_pct: None,
+                ratio_vs_redis: None,
+                ratio_vs_postgres: None,
+            }
+            .with_cpu(run.cpu),
+        );
     }
     let ratio = |system: &str| {
         rows.iter()
@@ -254,7 +282,7 @@ fn runtime(name: &str) -> Result<tokio::runtime::Runtime, ServerBenchError> {
 }
 
 pub fn table(rows: &[ServerRow]) -> String {
-    const HEADER: [&str; 12] = [
+    const HEADER: [&str; 15] = [
         "system",
         "workload",
         "writers",
@@ -266,6 +294,9 @@ pub fn table(rows: &[ServerRow]) -> String {
         "max us",
         "rec/fsync",
         "fdatasync p50 us",
+        "server CPU us/op",
+        "client CPU us/op",
+        "busy %",
         "ratio",
     ];
     let ratio = |row: &ServerRow| {
@@ -295,11 +326,19 @@ pub fn table(rows: &[ServerRow]) -> String {
                     .map_or_else(|| "-".to_string(), |r| format!("{r:.1}")),
                 row.fdatasync_p50_us
                     .map_or_else(|| "-".to_string(), |us| us.to_string()),
+                one_decimal(row.server_cpu_us_per_op),
+                one_decimal(row.client_cpu_us_per_op),
+                row.machine_busy_pct
+                    .map_or_else(|| "-".to_string(), |pct| format!("{pct:.0}")),
                 ratio(row),
             ]
         })
         .collect();
     report::render_table(&HEADER, &cells)
+}
+
+fn one_decimal(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"))
 }
 
 fn bench_class() -> ClassDef {
@@ -455,16 +494,23 @@ async fn measure_tc(
             }
         }));
     }
-    let mut records_per_fsync = None;
-    if let Some(store) = in_process_store {
-        tokio::time::sleep_until(window_start.into()).await;
-        let before = store.stats().wal;
-        tokio::time::sleep_until(window_end.into()).await;
-        let after = store.stats().wal;
-        let syncs = after.syncs - before.syncs;
-        records_per_fsync =
-            (syncs > 0).then(|| (after.records - before.records) as f64 / syncs as f64);
-    }
+    let party = match in_process_store {
+        Some(_) => ServerParty::InProcess,
+        None => ServerParty::Elsewhere,
+    };
+    tokio::time::sleep_until(window_start.into()).await;
+    let wal_before = in_process_store.as_ref().map(|store| store.stats().wal);
+    let cpu_before = CpuSample::take(party);
+    tokio::time::sleep_until(window_end.into()).await;
+    let cpu_after = CpuSample::take(party);
+    let wal_after = in_process_store.as_ref().map(|store| store.stats().wal);
+    let records_per_fsync = match (wal_before, wal_after) {
+        (Some(before), Some(after)) => {
+            let syncs = after.syncs - before.syncs;
+            (syncs > 0).then(|| (after.records - before.records) as f64 / syncs as f64)
+        }
+        _ => None,
+    };
     let mut ops = 0;
     let mut latency = report::latency_histogram();
     for task in tasks {
@@ -508,7 +554,15 @@ async fn measure_tc(
         max_us: summary.max_us,
         records_per_fsync,
         fdatasync_p50_us: None,
+        server_cpu_us_per_op: None,
+        client_cpu_us_per_op: None,
+        machine_busy_pct: None,
         ratio_vs_redis: None,
         ratio_vs_postgres: None,
-    })
+    }
+    .with_cpu(
+        cpu_before
+            .zip(cpu_after)
+            .and_then(|(before, after)| after.since(&before, ops)),
+    ))
 }

@@ -9,11 +9,14 @@
 //! `cargo test -p tc-bench --release --test baselines -- --ignored`.
 //!
 //! tc-bench is a binary crate, so this test compiles its `baselines.rs`
-//! (and the `report.rs` it uses) in by path.
+//! (and the `report.rs` and `cpu.rs` it uses) in by path.
 
 #[allow(dead_code)]
 #[path = "../src/baselines.rs"]
 mod baselines;
+#[allow(dead_code)]
+#[path = "../src/cpu.rs"]
+mod cpu;
 #[allow(dead_code)]
 #[path = "../src/report.rs"]
 mod report;

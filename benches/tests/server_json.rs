@@ -1,11 +1,11 @@
 //! End to end: `tc-bench server-commit --json` against its in-process
 //! server prints one parseable JSON object on stdout and nothing else, with
 //! the disk's fdatasync latency measured in the same invocation (the
-//! one-writer target is relative to it).
+//! one-writer target is relative to it) and the CPU each party used.
 
 use std::process::Command;
 
-const REQUIRED_KEYS: [&str; 14] = [
+const REQUIRED_KEYS: [&str; 17] = [
     "bench",
     "workload",
     "system",
@@ -20,6 +20,9 @@ const REQUIRED_KEYS: [&str; 14] = [
     "max_us",
     "records_per_fsync",
     "fdatasync_p50_us",
+    "server_cpu_us_per_op",
+    "client_cpu_us_per_op",
+    "machine_busy_pct",
 ];
 
 fn server_commit(dir: &std::path::Path, json: bool) -> std::process::Output {
@@ -54,6 +57,12 @@ fn json_mode_prints_one_object_with_the_fdatasync_baseline() {
     assert_eq!(value["sessions"].as_u64(), Some(1));
     assert!(value["ops"].as_u64().expect("ops") > 0, "{}", lines[0]);
     assert!(value["fdatasync_p50_us"].as_u64().expect("fdatasync") > 0);
+    for key in ["server_cpu_us_per_op", "client_cpu_us_per_op"] {
+        let us = value[key].as_f64().expect("a number");
+        assert!(us.is_finite() && us >= 0.0, "{key}: {}", lines[0]);
+    }
+    let busy = value["machine_busy_pct"].as_f64().expect("a number");
+    assert!((0.0..=100.0).contains(&busy), "{}", lines[0]);
     assert!(stderr.contains("fdatasync: p50"), "progress goes to stderr");
 }
 
@@ -70,6 +79,7 @@ fn the_table_has_an_fdatasync_column() {
     let mut lines = stdout.lines();
     let header = lines.next().expect("a header line");
     assert!(header.contains("fdatasync p50 us"), "{stdout}");
+    assert!(header.contains("server CPU us/op"), "{stdout}");
     let row = lines.next().expect("the tc row");
     assert!(row.starts_with("tc "), "{stdout}");
 }
