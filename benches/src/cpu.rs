@@ -112,10 +112,15 @@ fn process_ticks(pid: &str) -> Result<u64, String> {
     Ok(parse_stat(&text)?.ticks)
 }
 
-/// A process and its direct children (PostgreSQL's backends and helpers
-/// are children of the postmaster).
+/// A process and its children (PostgreSQL's backends and helpers are
+/// children of the postmaster): its own time, the time of its children
+/// that exited and were reaped (which moves into its `cutime` and `cstime`
+/// as they leave `/proc`: backends exit as the bench's connections close
+/// at the end of the window), and the time of the live ones.
 fn process_tree_ticks(pid: u32) -> Result<u64, String> {
-    let mut ticks = process_ticks(&pid.to_string())?;
+    let root = read(&format!("/proc/{pid}/stat"))?;
+    let root = parse_stat(&root)?;
+    let mut ticks = root.ticks + root.reaped_children_ticks;
     let entries = fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -169,12 +174,15 @@ fn read(path: &str) -> Result<String, String> {
 struct Stat<'a> {
     comm: &'a str,
     ppid: u32,
+    /// utime + stime.
     ticks: u64,
+    /// cutime + cstime: children that exited and were waited for.
+    reaped_children_ticks: u64,
 }
 
 /// Parses `/proc/PID/stat` (or a thread's): `pid (comm) state ppid ...`
-/// with utime and stime as fields 14 and 15. The name may hold spaces and
-/// parentheses, so the fields start after the last `)`.
+/// with utime, stime, cutime and cstime as fields 14 to 17. The name may
+/// hold spaces and parentheses, so the fields start after the last `)`.
 fn parse_stat(text: &str) -> Result<Stat<'_>, String> {
     let open = text.find('(').ok_or("stat: no '(' before the name")?;
     let close = text.rfind(')').ok_or("stat: no ')' after the name")?;
@@ -201,7 +209,15 @@ fn parse_stat(text: &str) -> Result<Stat<'_>, String> {
     let ticks = number(14)?
         .checked_add(number(15)?)
         .ok_or("stat: utime + stime overflows")?;
-    Ok(Stat { comm, ppid, ticks })
+    let reaped_children_ticks = number(16)?
+        .checked_add(number(17)?)
+        .ok_or("stat: cutime + cstime overflows")?;
+    Ok(Stat {
+        comm,
+        ppid,
+        ticks,
+        reaped_children_ticks,
+    })
 }
 
 /// `cpu  user nice system idle iowait irq softirq steal ...` → (busy,
@@ -246,9 +262,26 @@ mod tests {
             Stat {
                 comm: "tc (wal) writer",
                 ppid: 17,
-                ticks: 380
+                ticks: 380,
+                reaped_children_ticks: 0
             }
         );
+    }
+
+    #[test]
+    fn children_that_exited_count_for_their_parent() {
+        // A shell that ran a busy child and waited for it: the child's time
+        // is in the shell's cutime and cstime once the child is gone.
+        let output = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done & wait; cat /proc/$$/stat",
+            ])
+            .output()
+            .expect("run sh");
+        let text = String::from_utf8(output.stdout).unwrap();
+        let stat = parse_stat(&text).unwrap();
+        assert!(stat.reaped_children_ticks > 0, "{text}");
     }
 
     #[test]
