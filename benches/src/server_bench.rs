@@ -150,6 +150,42 @@ pub struct ServerRow {
 }
 
 impl ServerRow {
+    /// The counts and latencies of one measured window; the optional
+    /// figures start absent.
+    fn measured(
+        workload: TcWorkload,
+        system: &'static str,
+        args: &ServerBenchArgs,
+        sessions: usize,
+        seconds: f64,
+        ops: u64,
+        latency: &Histogram<u64>,
+    ) -> ServerRow {
+        let summary = LatencySummary::of(latency);
+        ServerRow {
+            bench: "server",
+            workload: workload.name(),
+            system,
+            writers: args.writers,
+            sessions,
+            value_bytes: args.value_bytes,
+            seconds,
+            ops,
+            ops_per_sec: ops as f64 / seconds,
+            p50_us: summary.p50_us,
+            p99_us: summary.p99_us,
+            p999_us: summary.p999_us,
+            max_us: summary.max_us,
+            records_per_fsync: None,
+            fdatasync_p50_us: None,
+            server_cpu_us_per_op: None,
+            client_cpu_us_per_op: None,
+            machine_busy_pct: None,
+            ratio_vs_redis: None,
+            ratio_vs_postgres: None,
+        }
+    }
+
     fn with_cpu(self, cpu: Option<CpuUse>) -> ServerRow {
         ServerRow {
             server_cpu_us_per_op: cpu.and_then(|c| c.server_us_per_op),
@@ -228,30 +264,16 @@ pub fn run(workload: TcWorkload, args: &ServerBenchArgs) -> Result<(), ServerBen
             Duration::from_secs_f64(args.warmup_seconds),
             Duration::from_secs_f64(args.seconds),
         ))?;
-        let summary = LatencySummary::of(&run.latency);
         rows.push(
-            ServerRow {
-                bench: "server",
-                workload: workload.name(),
-                system: kind.as_str(),
-                writers: args.writers,
-                sessions: args.writers,
-                value_bytes: args.value_bytes,
-                seconds: run.elapsed.as_secs_f64(),
-                ops: run.ops,
-                ops_per_sec: run.ops as f64 / run.elapsed.as_secs_f64(),
-                p50_us: summary.p50_us,
-                p99_us: summary.p99_us,
-                p999_us: summary.p999_us,
-                max_us: summary.max_us,
-                records_per_fsync: None,
-                fdatasync_p50_us: None,
-                server_cpu_us_per_op: None,
-                client_cpu_us_per_op: None,
-                machine_busy_pct: None,
-                ratio_vs_redis: None,
-                ratio_vs_postgres: None,
-            }
+            ServerRow::measured(
+                workload,
+                kind.as_str(),
+                args,
+                args.writers,
+                run.elapsed.as_secs_f64(),
+                run.ops,
+                &run.latency,
+            )
             .with_cpu(run.cpu),
         );
     }
@@ -536,33 +558,20 @@ async fn measure_tc(
             return Err(ServerBenchError::LostIncrements { increments, value });
         }
     }
-    let summary = LatencySummary::of(&latency);
-    let seconds = args.seconds;
+    let cpu = cpu_before
+        .zip(cpu_after)
+        .and_then(|(before, after)| after.since(&before, ops));
     Ok(ServerRow {
-        bench: "server",
-        workload: workload.name(),
-        system: "tc",
-        writers: args.writers,
-        sessions: args.sessions,
-        value_bytes: args.value_bytes,
-        seconds,
-        ops,
-        ops_per_sec: ops as f64 / seconds,
-        p50_us: summary.p50_us,
-        p99_us: summary.p99_us,
-        p999_us: summary.p999_us,
-        max_us: summary.max_us,
         records_per_fsync,
-        fdatasync_p50_us: None,
-        server_cpu_us_per_op: None,
-        client_cpu_us_per_op: None,
-        machine_busy_pct: None,
-        ratio_vs_redis: None,
-        ratio_vs_postgres: None,
+        ..ServerRow::measured(
+            workload,
+            "tc",
+            args,
+            args.sessions,
+            args.seconds,
+            ops,
+            &latency,
+        )
     }
-    .with_cpu(
-        cpu_before
-            .zip(cpu_after)
-            .and_then(|(before, after)| after.since(&before, ops)),
-    ))
+    .with_cpu(cpu))
 }
