@@ -415,6 +415,11 @@ impl HeapView<'_> {
         let (header, mut reader) = TransactionReader::new(bytes).map_err(undecodable)?;
         while let Some(start) = reader.next_dna().map_err(undecodable)? {
             if !mine(start.object) {
+                // Its owner decodes it in full; should this fail, report
+                // what decoding the whole transaction says.
+                reader.skip_rest_of_dna().map_err(|skipping| {
+                    undecodable(Transaction::decode(bytes).err().unwrap_or(skipping))
+                })?;
                 continue;
             }
             if let Some(class) = start.new_class {

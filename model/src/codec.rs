@@ -107,6 +107,22 @@ impl Writer {
     pub fn str(&mut self, s: &str) {
         self.bytes(s.as_bytes());
     }
+
+    /// Writes what `body` writes, preceded by its length as a varint (one
+    /// byte reserved up front, widened afterwards if the body is long).
+    pub fn length_prefixed(&mut self, body: impl FnOnce(&mut Writer)) {
+        let at = self.buf.len();
+        self.buf.push(0);
+        body(self);
+        let len = self.buf.len() - at - 1;
+        if len < 0x80 {
+            self.buf[at] = len as u8;
+        } else {
+            let mut prefix = Writer::new();
+            prefix.varint(len as u64);
+            self.buf.splice(at..at + 1, prefix.buf);
+        }
+    }
 }
 
 /// Reads encoded values from a byte slice, tracking the offset for errors.

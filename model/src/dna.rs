@@ -13,8 +13,12 @@
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::model::{ClassId, LogicalOp, ObjectId, Value};
 
-/// The only transaction format version so far.
-pub const TX_FORMAT_VERSION: u8 = 1;
+/// The transaction format version written (`docs/formats/dna.md`).
+/// Version 1, which has no DNA lengths, is still read.
+pub const TX_FORMAT_VERSION: u8 = 2;
+
+/// Version 1: DNAs without a length.
+const TX_FORMAT_V1: u8 = 1;
 
 /// Bound on a root's name.
 pub const ROOT_NAME_BYTES_MAX: usize = 4096;
@@ -41,6 +45,27 @@ pub struct Dna {
 }
 
 impl Dna {
+    /// Everything after the object id and the length (see
+    /// `Transaction::encode`).
+    fn encode_body(&self, w: &mut Writer) {
+        match self.new_class {
+            Some(class) => {
+                w.u8(DNA_FLAG_NEW);
+                w.varint(u64::from(class.0));
+            }
+            None => w.u8(0),
+        }
+        w.varint(self.fields.len() as u64);
+        for (slot, value) in &self.fields {
+            w.varint(u64::from(*slot));
+            value.encode(w);
+        }
+        w.varint(self.ops.len() as u64);
+        for op in &self.ops {
+            op.encode(w);
+        }
+    }
+
     pub fn new_object(object: ObjectId, class: ClassId) -> Dna {
         Dna {
             object,
@@ -87,12 +112,13 @@ const LOCK_NAMED: u8 = 2;
 const DNA_FLAG_NEW: u8 = 1;
 
 impl Transaction {
-    /// Encoding v1:
-    /// `|version u8 = 1|client varint|seq varint|lock|roots|dnas|`
+    /// Encoding v2:
+    /// `|version u8 = 2|client varint|seq varint|lock|roots|dnas|`
     /// `lock  = |0| or |1 object varint| or |2 name str|`
     /// `roots = |count varint|{name str|object varint}*|`
-    /// `dnas  = |count varint|{object varint|flags u8|class varint if new|`
-    /// `        field count varint|{slot varint|value}*|op count varint|op*}*|`
+    /// `dnas  = |count varint|{object varint|body length varint|body}*|`
+    /// `body  = |flags u8|class varint if new|`
+    /// `        field count varint|{slot varint|value}*|op count varint|op*|`
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(self.encoded_len_estimate());
         w.u8(TX_FORMAT_VERSION);
@@ -117,22 +143,7 @@ impl Transaction {
         w.varint(self.dnas.len() as u64);
         for dna in &self.dnas {
             w.varint(dna.object.0);
-            match dna.new_class {
-                Some(class) => {
-                    w.u8(DNA_FLAG_NEW);
-                    w.varint(u64::from(class.0));
-                }
-                None => w.u8(0),
-            }
-            w.varint(dna.fields.len() as u64);
-            for (slot, value) in &dna.fields {
-                w.varint(u64::from(*slot));
-                value.encode(&mut w);
-            }
-            w.varint(dna.ops.len() as u64);
-            for op in &dna.ops {
-                op.encode(&mut w);
-            }
+            w.length_prefixed(|w| dna.encode_body(w));
         }
         w.into_bytes()
     }
@@ -143,7 +154,7 @@ impl Transaction {
         let dnas: usize = self
             .dnas
             .iter()
-            .map(|dna| 16 + 11 * dna.fields.len() + 12 * dna.ops.len())
+            .map(|dna| 17 + 11 * dna.fields.len() + 12 * dna.ops.len())
             .sum();
         let roots: usize = self.roots.iter().map(|(name, _)| name.len() + 12).sum();
         32 + dnas + roots
@@ -261,6 +272,11 @@ pub struct TransactionReader<'a> {
     dnas_left: usize,
     within: Within,
     seen: Seen,
+    /// Format v2 or later: each DNA carries its length.
+    dna_lengths: bool,
+    /// The current DNA's object and where its body ends (v2).
+    dna_object: ObjectId,
+    dna_end: usize,
 }
 
 impl<'a> TransactionReader<'a> {
@@ -268,14 +284,15 @@ impl<'a> TransactionReader<'a> {
     pub fn new(bytes: &'a [u8]) -> Result<(TransactionHeader, Self), DecodeError> {
         let mut r = Reader::new(bytes);
         let version = r.u8("format version")?;
-        if version != TX_FORMAT_VERSION {
+        if version != TX_FORMAT_VERSION && version != TX_FORMAT_V1 {
             return Err(DecodeError::new(
                 0,
                 format!(
-                    "transaction format version {version}, this store reads {TX_FORMAT_VERSION}"
+                    "transaction format version {version}, this store reads {TX_FORMAT_V1} to {TX_FORMAT_VERSION}"
                 ),
             ));
         }
+        let dna_lengths = version >= 2;
         let client = r.varint("client id")?;
         let seq = r.varint("sequence number")?;
         let lock = match r.u8("lock tag")? {
@@ -300,7 +317,8 @@ impl<'a> TransactionReader<'a> {
             }
             roots.push((name.to_string(), object_id(&mut r, "root object")?));
         }
-        let dnas_left = r.count(4, "DNA count")?;
+        // A DNA is at least an object, flags and two counts (and a length).
+        let dnas_left = r.count(4 + usize::from(dna_lengths), "DNA count")?;
         let header = TransactionHeader {
             client,
             seq,
@@ -312,6 +330,9 @@ impl<'a> TransactionReader<'a> {
             dnas_left,
             within: Within::Between,
             seen: Seen::with_capacity(dnas_left),
+            dna_lengths,
+            dna_object: ObjectId::NULL,
+            dna_end: 0,
         };
         Ok((header, reader))
     }
@@ -347,6 +368,11 @@ impl<'a> TransactionReader<'a> {
                 format!("object {object} has two DNAs in one transaction"),
             ));
         }
+        if self.dna_lengths {
+            let len = r.count(1, "DNA length")?;
+            self.dna_object = object;
+            self.dna_end = r.position() + len;
+        }
         let new_class = match r.u8("DNA flags")? {
             0 => None,
             DNA_FLAG_NEW => {
@@ -360,6 +386,41 @@ impl<'a> TransactionReader<'a> {
         };
         self.within = Within::Fields(r.count(2, "field count")?);
         Ok(Some(DnaStart { object, new_class }))
+    }
+
+    /// Moves past what is left of the current DNA without decoding it (in
+    /// v1, which has no DNA lengths, by decoding it): for a reader that
+    /// leaves this DNA to somebody else, who decodes it in full.
+    pub fn skip_rest_of_dna(&mut self) -> Result<(), DecodeError> {
+        if !self.dna_lengths || matches!(self.within, Within::Between) {
+            while self.next_op()?.is_some() {}
+            return Ok(());
+        }
+        let Some(left) = self.dna_end.checked_sub(self.r.position()) else {
+            return Err(self.dna_length_error());
+        };
+        self.r.take(left, "DNA body")?;
+        self.within = Within::Between;
+        Ok(())
+    }
+
+    /// In v2, that the DNA just finished used exactly the bytes its length
+    /// gave.
+    fn check_dna_end(&self) -> Result<(), DecodeError> {
+        if self.dna_lengths && self.r.position() != self.dna_end {
+            return Err(self.dna_length_error());
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn dna_length_error(&self) -> DecodeError {
+        self.r.error(format!(
+            "the DNA of object {} ends at byte {} of the transaction, not at {} as its length says",
+            self.dna_object,
+            self.r.position(),
+            self.dna_end
+        ))
     }
 
     /// The current DNA's next field write (slot, value); `None` after the
@@ -392,6 +453,7 @@ impl<'a> TransactionReader<'a> {
                 }
                 Within::Ops(0) => {
                     self.within = Within::Between;
+                    self.check_dna_end()?;
                     return Ok(None);
                 }
                 Within::Ops(n) => {
