@@ -8,9 +8,10 @@
 //! Invariants:
 //! - Every shard reads every record in LSN order and applies exactly the
 //!   changes to its own objects, so each object gets its changes in LSN
-//!   order, as in a serial replay. Every shard checks every record in full
-//!   (decoding, class registrations), so a record that does not fit fails
-//!   in whichever shard owns the object it does not fit.
+//!   order, as in a serial replay. Every shard checks every record's frame,
+//!   header and class registrations; it decodes only its own DNAs and
+//!   passes over the others by their length (format v2), so a DNA that
+//!   does not decode or fit fails in the shard that owns its object.
 //! - A shard writes only its own cache and lists. Tombstones go into the
 //!   object table after every shard has finished; until then a shard's
 //!   own deletes answer `find` (`HeapView::deleted`).

@@ -377,6 +377,23 @@ mod tests {
     }
 
     #[test]
+    fn a_length_prefix_says_how_long_the_body_is() {
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 20_000] {
+            let body: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut w = Writer::new();
+            w.u8(0xAA);
+            w.length_prefixed(|w| w.buf.extend_from_slice(&body));
+            w.u8(0xBB);
+            let mut r = Reader::new(&w.buf);
+            assert_eq!(r.u8("before").unwrap(), 0xAA);
+            assert_eq!(r.varint("length").unwrap(), len as u64);
+            assert_eq!(r.take(len, "body").unwrap(), &body[..], "{len} B");
+            assert_eq!(r.u8("after").unwrap(), 0xBB);
+            assert!(r.is_empty());
+        }
+    }
+
+    #[test]
     fn overlong_and_overflowing_varints_are_errors() {
         assert!(Reader::new(&[0xff; 11]).varint("v").is_err());
         let mut too_big = vec![0xff; 9];

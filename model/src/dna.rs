@@ -1,10 +1,11 @@
 //! Transactions and their DNA: the change encoding a client produces once
 //! and the store appends to the WAL unchanged.
 //!
-//! Owns: the transaction format v1 (`docs/formats/dna.md`) and its
-//! structural checks (version, tags, bounds, no repeated object), made in
-//! one place: `TransactionReader` reads a transaction one DNA at a time
-//! (replay applies as it reads), and `Transaction::decode` is built on it.
+//! Owns: the transaction format v2, and reading v1 (`docs/formats/dna.md`),
+//! and its structural checks (version, tags, bounds, DNA lengths, no
+//! repeated object), made in one place: `TransactionReader` reads a
+//! transaction one DNA at a time (replay applies as it reads, and passes
+//! over other shards' DNAs), and `Transaction::decode` is built on it.
 //! Not: checks against the store's state (classes, slots, references:
 //! `validate.rs`).
 //! Invariants: `decode(encode(tx)) == tx`; `decode` never panics, never
@@ -577,6 +578,98 @@ mod tests {
             .find_map(Result::err)
             .expect("the trailing byte is found");
         assert!(err.what().contains("trailing"), "{err}");
+    }
+
+    /// `tx` in format v1: DNAs without lengths.
+    fn encode_v1(tx: &Transaction) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.buf = Transaction {
+            dnas: Vec::new(),
+            ..tx.clone()
+        }
+        .encode();
+        assert_eq!(
+            w.buf.pop(),
+            Some(0),
+            "the header ends with a DNA count of 0"
+        );
+        w.buf[0] = TX_FORMAT_V1;
+        w.varint(tx.dnas.len() as u64);
+        for dna in &tx.dnas {
+            w.varint(dna.object.0);
+            dna.encode_body(&mut w);
+        }
+        w.buf
+    }
+
+    /// The sample with a DNA long enough for a two-byte length.
+    fn sample_with_a_long_dna() -> Transaction {
+        let mut tx = sample();
+        tx.dnas
+            .push(Dna::update(ObjectId(3)).field(0, Value::String("x".repeat(300))));
+        tx
+    }
+
+    #[test]
+    fn version_1_is_still_read() {
+        let tx = sample_with_a_long_dna();
+        let v1 = encode_v1(&tx);
+        assert_eq!(v1[0], 1);
+        assert_eq!(
+            v1.len() + tx.dnas.len() + 1,
+            tx.encode().len(),
+            "v2 adds the lengths"
+        );
+        assert_eq!(Transaction::decode(&v1).unwrap(), tx);
+        for len in 0..v1.len() {
+            assert!(
+                Transaction::decode(&v1[..len]).is_err(),
+                "prefix of {len} B"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dna_whose_length_disagrees_with_its_contents_is_refused() {
+        let tx = sample();
+        let bytes = tx.encode();
+        // The first DNA's length follows its one-byte object id.
+        let header = Transaction {
+            dnas: Vec::new(),
+            ..tx.clone()
+        }
+        .encode()
+        .len();
+        let length_at = header + 1;
+        for wrong in [bytes[length_at] - 1, bytes[length_at] + 1] {
+            let mut damaged = bytes.clone();
+            damaged[length_at] = wrong;
+            let err = Transaction::decode(&damaged).unwrap_err();
+            assert!(err.what().contains("as its length says"), "{err}");
+        }
+    }
+
+    #[test]
+    fn passing_over_a_dna_lands_where_reading_it_does() {
+        let tx = sample_with_a_long_dna();
+        for bytes in [tx.encode(), encode_v1(&tx)] {
+            for passed_over in 0..1u32 << tx.dnas.len() {
+                let (_, mut reader) = TransactionReader::new(&bytes).unwrap();
+                for (i, dna) in tx.dnas.iter().enumerate() {
+                    let start = reader.next_dna().unwrap().expect("a DNA");
+                    assert_eq!(start.object, dna.object);
+                    if passed_over & (1 << i) != 0 {
+                        reader.skip_rest_of_dna().unwrap();
+                        continue;
+                    }
+                    let fields: Vec<_> =
+                        std::iter::from_fn(|| reader.next_field().unwrap()).collect();
+                    let ops: Vec<_> = std::iter::from_fn(|| reader.next_op().unwrap()).collect();
+                    assert_eq!((&fields, &ops), (&dna.fields, &dna.ops), "DNA {i}");
+                }
+                assert_eq!(reader.next_dna().unwrap(), None, "mask {passed_over:b}");
+            }
+        }
     }
 
     #[test]
