@@ -529,15 +529,19 @@ mod tests {
         assert_eq!(Transaction::decode(&tx.encode()).unwrap(), tx);
     }
 
-    #[test]
-    fn every_truncation_is_an_error_not_a_panic() {
-        let bytes = sample().encode();
+    /// Every proper prefix of an encoded transaction fails to decode.
+    fn assert_every_truncation_fails(bytes: &[u8]) {
         for len in 0..bytes.len() {
             assert!(
                 Transaction::decode(&bytes[..len]).is_err(),
                 "prefix of {len} bytes decoded"
             );
         }
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        assert_every_truncation_fails(&sample().encode());
     }
 
     #[test]
@@ -617,12 +621,7 @@ mod tests {
             "v2 adds the lengths"
         );
         assert_eq!(Transaction::decode(&v1).unwrap(), tx);
-        for len in 0..v1.len() {
-            assert!(
-                Transaction::decode(&v1[..len]).is_err(),
-                "prefix of {len} B"
-            );
-        }
+        assert_every_truncation_fails(&v1);
     }
 
     #[test]
