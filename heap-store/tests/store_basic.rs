@@ -189,6 +189,71 @@ fn transactions_in_format_v1_commit_and_replay_on_every_shard_count() {
     }
 }
 
+/// Replay applies a shard's DNAs of a transaction in batches, their
+/// objects prefetched first: a transaction of more DNAs than one batch
+/// holds, on objects that are cached, faulted in from their images and
+/// created by the same record, replays whole on every shard count.
+#[test]
+fn transactions_of_many_dnas_replay_whole_on_every_shard_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new): (Vec<ObjectId>, Vec<ObjectId>);
+    {
+        let store = Store::open(dir.path(), config()).unwrap();
+        let class = store.register_class(&person()).unwrap();
+        old = store.allocate_ids(40).unwrap().map(ObjectId).collect();
+        new = store.allocate_ids(40).unwrap().map(ObjectId).collect();
+        let create = |ids: &[ObjectId]| -> Vec<Dna> {
+            let name = |id: ObjectId| Value::String(format!("p{}", id.0));
+            ids.iter()
+                .map(|&id| Dna::new_object(id, class).field(0, name(id)))
+                .collect()
+        };
+        store.commit(tx(1, create(&old), vec![])).unwrap();
+        // Replay finds these as images, not in its cache.
+        store.checkpoint().unwrap();
+        let age = |ids: &[ObjectId], age: i32| -> Vec<Dna> {
+            ids.iter()
+                .map(|&id| Dna::update(id).field(1, Value::Int(age)))
+                .collect()
+        };
+        // Faulted in, then cached, then created in the record that changes
+        // the others.
+        store.commit(tx(2, age(&old, 1), vec![])).unwrap();
+        let mut mixed = age(&old, 2);
+        mixed.extend(create(&new));
+        store.commit(tx(3, mixed, vec![])).unwrap();
+        let friends: Vec<Dna> = old
+            .iter()
+            .chain(&new)
+            .zip(new.iter().chain(&old))
+            .map(|(&id, &friend)| Dna::update(id).field(2, Value::Reference(friend)))
+            .collect();
+        store.commit(tx(4, friends, vec![])).unwrap();
+        // Dropped without close: all but the first are only in the WAL.
+    }
+    for replay_threads in [1, 2, 3] {
+        let config = StoreConfig {
+            replay_threads,
+            ..config()
+        };
+        let store = Store::open(dir.path(), config).unwrap();
+        assert_eq!(store.open_report().replayed_records, 3);
+        let pairs = old.iter().zip(&new).chain(new.iter().zip(&old));
+        for (&id, &friend) in pairs {
+            let age = if old.contains(&id) { 2 } else { 0 };
+            assert_eq!(
+                store.get(id).unwrap().expect("replayed").object.body,
+                Body::Fields(vec![
+                    Value::String(format!("p{}", id.0)),
+                    Value::Int(age),
+                    Value::Reference(friend),
+                ]),
+                "{id} with {replay_threads} replay threads"
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_transactions_are_rejected_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();

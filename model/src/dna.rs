@@ -287,15 +287,24 @@ impl Seen {
 /// when it moves on to the next DNA; the last `next_dna` checks that
 /// every byte was consumed.
 pub struct TransactionReader<'a> {
-    r: Reader<'a>,
+    /// Positioned in the current DNA, or between DNAs.
+    dna: DnaReader<'a>,
     dnas_left: usize,
-    within: Within,
     seen: Seen,
+}
+
+/// Reads one DNA's field writes and operations (after `next_dna` read its
+/// object and class): the current DNA of a `TransactionReader`, or a copy
+/// of it taken by `TransactionReader::dna_reader` to read later.
+#[derive(Clone)]
+pub struct DnaReader<'a> {
+    r: Reader<'a>,
+    within: Within,
     /// Format v2 or later: each DNA carries its length.
     dna_lengths: bool,
-    /// The current DNA's object and where its body ends (v2).
-    dna_object: ObjectId,
-    dna_end: usize,
+    /// The DNA's object and where its body ends (v2).
+    object: ObjectId,
+    end: usize,
 }
 
 impl<'a> TransactionReader<'a> {
@@ -345,13 +354,15 @@ impl<'a> TransactionReader<'a> {
             roots,
         };
         let reader = TransactionReader {
-            r,
+            dna: DnaReader {
+                r,
+                within: Within::Between,
+                dna_lengths,
+                object: ObjectId::NULL,
+                end: 0,
+            },
             dnas_left,
-            within: Within::Between,
             seen: Seen::with_capacity(dnas_left),
-            dna_lengths,
-            dna_object: ObjectId::NULL,
-            dna_end: 0,
         };
         Ok((header, reader))
     }
@@ -363,7 +374,7 @@ impl<'a> TransactionReader<'a> {
 
     /// Field writes of the current DNA not read yet.
     pub fn fields_left(&self) -> usize {
-        match self.within {
+        match self.dna.within {
             Within::Fields(n) => n,
             Within::Between | Within::Ops(_) => 0,
         }
@@ -372,13 +383,14 @@ impl<'a> TransactionReader<'a> {
     /// The next DNA's object and class, after reading what is left of the
     /// current one; `None` after the last (and every byte was consumed).
     pub fn next_dna(&mut self) -> Result<Option<DnaStart>, DecodeError> {
-        while self.next_op()?.is_some() {}
+        self.dna.finish()?;
         if self.dnas_left == 0 {
-            self.r.finish("transaction")?;
+            self.dna.r.finish("transaction")?;
             return Ok(None);
         }
         self.dnas_left -= 1;
-        let r = &mut self.r;
+        let dna = &mut self.dna;
+        let r = &mut dna.r;
         let at = r.position();
         let object = object_id(r, "DNA object")?;
         if !self.seen.insert(object) {
@@ -387,10 +399,10 @@ impl<'a> TransactionReader<'a> {
                 format!("object {object} has two DNAs in one transaction"),
             ));
         }
-        if self.dna_lengths {
+        if dna.dna_lengths {
             let len = r.count(1, "DNA length")?;
-            self.dna_object = object;
-            self.dna_end = r.position() + len;
+            dna.object = object;
+            dna.end = r.position() + len;
         }
         let new_class = match r.u8("DNA flags")? {
             0 => None,
@@ -403,47 +415,71 @@ impl<'a> TransactionReader<'a> {
             }
             other => return Err(r.error(format!("unknown DNA flags {other:#x}"))),
         };
-        self.within = Within::Fields(r.count(2, "field count")?);
+        dna.within = Within::Fields(r.count(2, "field count")?);
         Ok(Some(DnaStart { object, new_class }))
+    }
+
+    /// A reader of what is left of the current DNA, to read later (after
+    /// this reader has moved on with `skip_rest_of_dna`): what checks the
+    /// DNA's body is then that reader's, up to its `next_op` returning
+    /// `None`.
+    pub fn dna_reader(&self) -> DnaReader<'a> {
+        self.dna.clone()
     }
 
     /// Moves past what is left of the current DNA without decoding it (in
     /// v1, which has no DNA lengths, by decoding it): for a reader that
     /// leaves this DNA to somebody else, who decodes it in full.
     pub fn skip_rest_of_dna(&mut self) -> Result<(), DecodeError> {
-        if !self.dna_lengths || matches!(self.within, Within::Between) {
-            while self.next_op()?.is_some() {}
+        let dna = &mut self.dna;
+        if !dna.dna_lengths || matches!(dna.within, Within::Between) {
+            while dna.next_op()?.is_some() {}
             return Ok(());
         }
-        let Some(left) = self.dna_end.checked_sub(self.r.position()) else {
-            return Err(self.dna_length_error());
+        let Some(left) = dna.end.checked_sub(dna.r.position()) else {
+            return Err(dna.length_error());
         };
-        self.r.take(left, "DNA body")?;
-        self.within = Within::Between;
+        dna.r.take(left, "DNA body")?;
+        dna.within = Within::Between;
         Ok(())
     }
 
+    /// The current DNA's next field write (slot, value); `None` after the
+    /// last one.
+    #[inline(always)]
+    pub fn next_field(&mut self) -> Result<Option<(u32, Value)>, DecodeError> {
+        self.dna.next_field()
+    }
+
+    /// The current DNA's next logical operation, after any field writes
+    /// not read yet; `None` after the last one.
+    pub fn next_op(&mut self) -> Result<Option<LogicalOp>, DecodeError> {
+        self.dna.next_op()
+    }
+}
+
+impl DnaReader<'_> {
     /// In v2, that the DNA just finished used exactly the bytes its length
     /// gave.
-    fn check_dna_end(&self) -> Result<(), DecodeError> {
-        if self.dna_lengths && self.r.position() != self.dna_end {
-            return Err(self.dna_length_error());
+    fn check_end(&self) -> Result<(), DecodeError> {
+        if self.dna_lengths && self.r.position() != self.end {
+            return Err(self.length_error());
         }
         Ok(())
     }
 
     #[cold]
-    fn dna_length_error(&self) -> DecodeError {
+    fn length_error(&self) -> DecodeError {
         self.r.error(format!(
             "the DNA of object {} ends at byte {} of the transaction, not at {} as its length says",
-            self.dna_object,
+            self.object,
             self.r.position(),
-            self.dna_end
+            self.end
         ))
     }
 
-    /// The current DNA's next field write (slot, value); `None` after the
-    /// last one.
+    /// The DNA's next field write (slot, value); `None` after the last
+    /// one.
     #[inline(always)]
     pub fn next_field(&mut self) -> Result<Option<(u32, Value)>, DecodeError> {
         match self.within {
@@ -461,8 +497,18 @@ impl<'a> TransactionReader<'a> {
         }
     }
 
-    /// The current DNA's next logical operation, after any field writes
-    /// not read yet; `None` after the last one.
+    /// Reads (and checks) whatever the caller did not read of the DNA.
+    #[inline]
+    pub fn finish(&mut self) -> Result<(), DecodeError> {
+        if matches!(self.within, Within::Between) {
+            return Ok(());
+        }
+        while self.next_op()?.is_some() {}
+        Ok(())
+    }
+
+    /// The DNA's next logical operation, after any field writes not read
+    /// yet; `None` after the last one (and the DNA's end checked).
     pub fn next_op(&mut self) -> Result<Option<LogicalOp>, DecodeError> {
         loop {
             match self.within {
@@ -472,7 +518,7 @@ impl<'a> TransactionReader<'a> {
                 }
                 Within::Ops(0) => {
                     self.within = Within::Between;
-                    self.check_dna_end()?;
+                    self.check_end()?;
                     return Ok(None);
                 }
                 Within::Ops(n) => {

@@ -12,7 +12,7 @@ pub mod codec;
 pub mod dna;
 pub mod model;
 
-pub use dna::{Dna, DnaStart, Transaction, TransactionReader};
+pub use dna::{Dna, DnaReader, DnaStart, Transaction, TransactionReader};
 pub use model::{
     Array, ClassDef, ClassId, ClassKind, FieldDef, FieldKind, Object, ObjectId, ScalarKind, Value,
 };

@@ -6,11 +6,15 @@
 //! also when it skips the items of some DNAs (as replay does for an object
 //! that already has the change), and finds as many DNAs; passing over
 //! whole DNAs (as a replay shard does for other shards' objects) finds the
-//! same DNAs in whatever `decode` accepts.
+//! same DNAs in whatever `decode` accepts; and reading every DNA's body
+//! later, through a `DnaReader` taken before passing over it (as a replay
+//! shard does to prefetch a batch of objects before applying their
+//! changes), accepts exactly what `decode` accepts and reads what it
+//! builds.
 #![allow(dead_code)]
 
 use tc_heap_store::codec::DecodeError;
-use tc_heap_store::dna::{Transaction, TransactionReader};
+use tc_heap_store::dna::{Dna, DnaReader, Transaction, TransactionReader};
 
 /// Walks `bytes` reading the items of every other DNA only; returns the
 /// number of DNAs.
@@ -47,6 +51,36 @@ fn walk_passing_over(bytes: &[u8]) -> Result<Vec<u64>, DecodeError> {
     Ok(read)
 }
 
+/// Walks `bytes` taking a `DnaReader` of each DNA and passing over it,
+/// then reads every DNA's body through its reader, in order; returns the
+/// DNAs.
+fn walk_deferring(bytes: &[u8]) -> Result<Vec<Dna>, DecodeError> {
+    let (_, mut reader) = TransactionReader::new(bytes)?;
+    let mut deferred: Vec<(Dna, DnaReader<'_>)> = Vec::new();
+    while let Some(start) = reader.next_dna()? {
+        let dna = Dna {
+            object: start.object,
+            new_class: start.new_class,
+            fields: Vec::new(),
+            ops: Vec::new(),
+        };
+        deferred.push((dna, reader.dna_reader()));
+        reader.skip_rest_of_dna()?;
+    }
+    let mut dnas = Vec::new();
+    for (mut dna, mut body) in deferred {
+        while let Some(field) = body.next_field()? {
+            dna.fields.push(field);
+        }
+        while let Some(op) = body.next_op()? {
+            dna.ops.push(op);
+        }
+        body.finish()?;
+        dnas.push(dna);
+    }
+    Ok(dnas)
+}
+
 /// Decodes `bytes` both ways and panics if they disagree. Passing over
 /// DNAs checks less (a v2 DNA passed over is not decoded), so it may
 /// accept what `decode` refuses, but never the other way round, and on
@@ -57,6 +91,11 @@ pub fn check_reader_agrees(bytes: &[u8]) {
         (Ok(tx), Ok(dnas)) => assert_eq!(tx.dnas.len(), dnas, "DNA count"),
         (Err(_), Err(_)) => {}
         (decoded, walked) => panic!("decode gave {decoded:?} but the reader {walked:?}"),
+    }
+    match (&decoded, walk_deferring(bytes)) {
+        (Ok(tx), Ok(dnas)) => assert_eq!(tx.dnas, dnas, "reading DNAs later"),
+        (Err(_), Err(_)) => {}
+        (decoded, walked) => panic!("decode gave {decoded:?} but reading later {walked:?}"),
     }
     let passed = walk_passing_over(bytes);
     if let Ok(tx) = &decoded {
