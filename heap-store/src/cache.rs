@@ -1,17 +1,17 @@
 //! The object cache: materialized objects by id, with what the heap knows
 //! about each (version, dirty, approximate size), bounded by a byte budget.
 //!
-//! Owns: the cached objects, the dirty set, size accounting (kept per
-//! change, never recomputed per change), clock eviction of clean objects
-//! and the hit/miss counters.
+//! Owns: the cached objects and the array by id that finds them (`ById`),
+//! the dirty set, size accounting (kept per change, never recomputed per
+//! change), clock eviction of clean objects, the hit/miss counters and
+//! prefetching objects into the CPU's caches for replay.
 //! Not: where objects come from or how changes are checked (`heap.rs`).
 //! Invariants: `dirty` holds exactly the ids of cached objects whose
 //! `dirty` flag is set; `bytes` is the sum of the cached objects' sizes;
-//! only clean objects are evicted.
+//! only clean objects are evicted; `ById::positions` points at exactly the
+//! entries there are.
 
 use std::sync::Arc;
-
-use indexmap::IndexMap;
 
 use crate::model::{LogicalOp, Object, ObjectId, Value};
 use tc_wal::Lsn;
@@ -57,10 +57,7 @@ pub struct CacheStats {
 }
 
 pub(crate) struct Cache {
-    /// Keyed by dense ids from our own allocator, so a fast non-keyed hash
-    /// (foldhash) is safe: nobody outside chooses the keys' distribution
-    /// beyond asking for ids.
-    map: IndexMap<ObjectId, Cached, foldhash::fast::RandomState>,
+    map: ById,
     dirty: foldhash::HashSet<ObjectId>,
     clock_hand: usize,
     inserted_since_eviction: usize,
@@ -71,8 +68,14 @@ pub(crate) struct Cache {
 
 impl Cache {
     pub fn new(budget_bytes: usize) -> Cache {
+        Cache::for_shard(budget_bytes, 1)
+    }
+
+    /// A cache for the objects of one replay shard of `shards`: those
+    /// whose ids are equal modulo `shards` (`ById::stride`).
+    pub fn for_shard(budget_bytes: usize, shards: u64) -> Cache {
         Cache {
-            map: IndexMap::default(),
+            map: ById::new(shards),
             dirty: foldhash::HashSet::default(),
             clock_hand: 0,
             inserted_since_eviction: 0,
@@ -101,14 +104,14 @@ impl Cache {
 
     /// Whether `id` is cached (no clock mark, not counted as a hit).
     pub fn contains(&self, id: ObjectId) -> bool {
-        self.map.contains_key(&id)
+        self.map.get_index_of(id).is_some()
     }
 
     /// Where `id` is, counted as a hit or a miss. `hint` (from
     /// `index_of`) saves the lookup if `id` is still at that index.
     pub fn find(&mut self, id: ObjectId, hint: Option<usize>) -> Option<usize> {
-        let at_hint = hint.filter(|&i| self.map.get_index(i).is_some_and(|(&key, _)| key == id));
-        let index = at_hint.or_else(|| self.map.get_index_of(&id));
+        let at_hint = hint.filter(|&i| self.map.get_index(i).is_some_and(|(key, _)| key == id));
+        let index = at_hint.or_else(|| self.map.get_index_of(id));
         match index {
             Some(_) => self.stats.hits += 1,
             None => self.stats.misses += 1,
@@ -118,7 +121,19 @@ impl Cache {
 
     /// Where `id` is, if cached (not counted).
     pub fn index_of(&self, id: ObjectId) -> Option<usize> {
-        self.map.get_index_of(&id)
+        self.map.get_index_of(id)
+    }
+
+    /// Where `id` would be if it is cached, without looking at the entry
+    /// (so without waiting for it to load): `find` checks it. Starts
+    /// loading the entry into the CPU's caches.
+    pub fn likely_index_of(&self, id: ObjectId) -> Option<usize> {
+        let index = self.map.likely_index_of(id)?;
+        prefetch(
+            self.map.entries.as_ptr().wrapping_add(index).cast(),
+            size_of::<(ObjectId, Cached)>(),
+        );
+        Some(index)
     }
 
     /// Starts loading the object at `index` into the CPU's caches, so a
@@ -146,7 +161,7 @@ impl Cache {
 
     /// The entry at `index`, marked recently used.
     pub fn used(&mut self, index: usize) -> &mut Cached {
-        let (_, cached) = self.map.get_index_mut(index).expect("a cache index");
+        let (_, cached) = self.map.get_index_mut(index);
         cached.recently_used = true;
         cached
     }
@@ -168,7 +183,7 @@ impl Cache {
         if dirty {
             self.dirty.insert(id);
         }
-        let (index, old) = self.map.insert_full(
+        self.map.insert(
             id,
             Cached {
                 object: Arc::new(object),
@@ -177,15 +192,13 @@ impl Cache {
                 bytes,
                 recently_used: true,
             },
-        );
-        assert!(old.is_none(), "{id} inserted into the cache twice");
-        index
+        )
     }
 
     /// Records that the object at `index` (which is `id`) changed at `lsn`
     /// and its size by `bytes_delta`: it is now dirty at that version.
     pub fn changed(&mut self, index: usize, id: ObjectId, lsn: Lsn, bytes_delta: isize) {
-        let (_, cached) = self.map.get_index_mut(index).expect("a cache index");
+        let (_, cached) = self.map.get_index_mut(index);
         let bytes = cached.bytes.checked_add_signed(bytes_delta);
         let bytes = bytes.expect("an object's size stays positive");
         debug_assert_eq!(bytes, approx_bytes(&cached.object), "size of {id} drifted");
@@ -200,7 +213,8 @@ impl Cache {
 
     /// Takes `id` out of the cache, dirty or not.
     pub fn remove(&mut self, id: ObjectId) {
-        if let Some(gone) = self.map.swap_remove(&id) {
+        if let Some(index) = self.map.get_index_of(id) {
+            let (_, gone) = self.map.swap_remove_index(index);
             self.bytes -= gone.bytes;
         }
         self.dirty.remove(&id);
@@ -209,7 +223,9 @@ impl Cache {
     /// Marks `id` clean if it is cached at `version` (its image at that
     /// version is durable).
     pub fn mark_clean_at(&mut self, id: ObjectId, version: Lsn) {
-        if let Some(cached) = self.map.get_mut(&id).filter(|c| c.version == version) {
+        let index = self.map.get_index_of(id);
+        let cached = index.map(|index| self.map.get_index_mut(index).1);
+        if let Some(cached) = cached.filter(|c| c.version == version) {
             cached.dirty = false;
             self.dirty.remove(&id);
         }
@@ -225,7 +241,8 @@ impl Cache {
         ids.iter()
             .filter(|id| self.dirty.contains(id))
             .map(|&id| {
-                let cached = &self.map[&id];
+                let index = self.map.get_index_of(id).expect("a dirty object is cached");
+                let (_, cached) = self.map.get_index(index).expect("a cache index");
                 DirtyObject {
                     id,
                     version: cached.version,
@@ -243,20 +260,14 @@ impl Cache {
 
     /// Moves every object of `other` (none of them cached here) into this
     /// cache, with its state; adds up the counters.
-    pub fn absorb(&mut self, mut other: Cache) {
-        if self.map.is_empty() {
-            std::mem::swap(&mut self.map, &mut other.map);
-            std::mem::swap(&mut self.dirty, &mut other.dirty);
-            self.bytes += other.bytes;
-        }
-        self.map.reserve(other.map.len());
-        for (id, cached) in other.map {
+    pub fn absorb(&mut self, other: Cache) {
+        self.map.entries.reserve(other.map.len());
+        for (id, cached) in other.map.entries {
             self.bytes += cached.bytes;
             if cached.dirty {
                 self.dirty.insert(id);
             }
-            let old = self.map.insert(id, cached);
-            assert!(old.is_none(), "{id} in two caches");
+            self.map.insert(id, cached);
         }
         self.inserted_since_eviction += other.inserted_since_eviction;
         self.stats.hits += other.stats.hits;
@@ -283,24 +294,109 @@ impl Cache {
             if self.clock_hand >= self.map.len() {
                 self.clock_hand = 0;
             }
-            let (_, cached) = self
-                .map
-                .get_index_mut(self.clock_hand)
-                .expect("hand in range");
+            let (_, cached) = self.map.get_index_mut(self.clock_hand);
             if cached.dirty {
                 self.clock_hand += 1;
             } else if cached.recently_used {
                 cached.recently_used = false;
                 self.clock_hand += 1;
             } else {
-                let (_, gone) = self
-                    .map
-                    .swap_remove_index(self.clock_hand)
-                    .expect("hand in range");
+                let (_, gone) = self.map.swap_remove_index(self.clock_hand);
                 self.bytes -= gone.bytes;
                 self.stats.evictions += 1;
             }
         }
+    }
+}
+
+/// The cached objects, in clock order, found by id through an array
+/// indexed by id (ids are dense: they come from the store's own allocator,
+/// as the object table's entries do), which costs one load where a hash
+/// table costs a hash and a probe.
+struct ById {
+    entries: Vec<(ObjectId, Cached)>,
+    /// Per id: its index in `entries` plus one, or 0 if it is not cached.
+    /// Ids `stride` apart share a slot (a replay shard holds only one id
+    /// of each `stride`: see `Cache::for_shard`), so the id found in
+    /// `entries` is compared with the one looked for.
+    positions: Vec<u32>,
+    stride: u64,
+}
+
+impl ById {
+    fn new(stride: u64) -> ById {
+        assert!(stride > 0, "a cache holds one id in every stride >= 1");
+        ById {
+            entries: Vec::new(),
+            positions: Vec::new(),
+            stride,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn slot(&self, id: ObjectId) -> usize {
+        let slot = if self.stride == 1 {
+            id.0
+        } else {
+            id.0 / self.stride
+        };
+        usize::try_from(slot).expect("object ids fit in memory")
+    }
+
+    /// The index of `id`'s slot: `id`'s own or, in a cache that holds
+    /// one id of each `stride`, that of another id sharing the slot.
+    #[inline]
+    fn likely_index_of(&self, id: ObjectId) -> Option<usize> {
+        let position = *self.positions.get(self.slot(id))?;
+        (position as usize).checked_sub(1)
+    }
+
+    #[inline]
+    fn get_index_of(&self, id: ObjectId) -> Option<usize> {
+        let index = self.likely_index_of(id)?;
+        (self.entries[index].0 == id).then_some(index)
+    }
+
+    fn get_index(&self, index: usize) -> Option<(ObjectId, &Cached)> {
+        self.entries.get(index).map(|(id, cached)| (*id, cached))
+    }
+
+    fn get_index_mut(&mut self, index: usize) -> (ObjectId, &mut Cached) {
+        let (id, cached) = &mut self.entries[index];
+        (*id, cached)
+    }
+
+    /// Adds `id` (not cached yet) and returns its index.
+    fn insert(&mut self, id: ObjectId, cached: Cached) -> usize {
+        let slot = self.slot(id);
+        if slot >= self.positions.len() {
+            let len = (slot + 1).max(self.positions.len() * 3 / 2);
+            self.positions.resize(len, 0);
+        }
+        assert_eq!(self.positions[slot], 0, "{id} cached twice");
+        let index = self.entries.len();
+        self.entries.push((id, cached));
+        self.positions[slot] = u32::try_from(index + 1).expect("fewer than 2^32 cached objects");
+        index
+    }
+
+    /// Removes the entry at `index`, moving the last one into its place.
+    fn swap_remove_index(&mut self, index: usize) -> (ObjectId, Cached) {
+        let (id, cached) = self.entries.swap_remove(index);
+        let slot = self.slot(id);
+        self.positions[slot] = 0;
+        if let Some(&(moved, _)) = self.entries.get(index) {
+            let slot = self.slot(moved);
+            self.positions[slot] = index as u32 + 1;
+        }
+        (id, cached)
     }
 }
 
@@ -432,6 +528,52 @@ mod tests {
     }
 
     proptest! {
+        /// The array by id finds exactly the objects a map of them holds,
+        /// through inserts and removals (which move the last entry), also
+        /// in a replay shard's cache, where ids of other shards share its
+        /// slots and are looked for without being there.
+        #[test]
+        fn objects_are_found_by_id_as_in_a_map(
+            shards in 1..4u64,
+            steps in proptest::collection::vec((0..64u64, any::<bool>()), 1..200),
+        ) {
+            let mut by_id = ById::new(shards);
+            let mut model = std::collections::HashMap::new();
+            for (step, (n, insert)) in steps.into_iter().enumerate() {
+                // Ids of this shard (shard 0) only are cached.
+                let id = ObjectId(n * shards);
+                match (by_id.get_index_of(id), insert) {
+                    (None, true) => {
+                        let cached = Cached {
+                            object: Arc::new(empty(ClassKind::Plain)),
+                            version: Lsn(step as u64),
+                            dirty: false,
+                            bytes: 0,
+                            recently_used: false,
+                        };
+                        by_id.insert(id, cached);
+                        model.insert(id, step as u64);
+                    }
+                    (Some(index), false) => {
+                        let (removed, _) = by_id.swap_remove_index(index);
+                        prop_assert_eq!(removed, id);
+                        model.remove(&id);
+                    }
+                    _ => {}
+                }
+                prop_assert_eq!(by_id.len(), model.len());
+                for n in 0..64 * shards + 1 {
+                    let id = ObjectId(n);
+                    let found = by_id.get_index_of(id).map(|index| {
+                        let (at, cached) = by_id.get_index(index).expect("in range");
+                        assert_eq!(at, id, "found at another object's index");
+                        cached.version.0
+                    });
+                    prop_assert_eq!(found, model.get(&id).copied(), "{}", id);
+                }
+            }
+        }
+
         /// The cache's size of an object is kept per change; it must stay
         /// what recomputing it from scratch gives.
         #[test]

@@ -434,7 +434,7 @@ impl HeapView<'_> {
                 batch.push(Pending {
                     start,
                     body: reader.dna_reader(),
-                    index: cache.index_of(start.object),
+                    index: cache.likely_index_of(start.object),
                 });
                 if batch.is_full() {
                     self.apply_batch(cache, lsn, &mut batch, undecodable)?;

@@ -194,7 +194,7 @@ impl Shard {
         Shard {
             index,
             count,
-            cache: Cache::new(budget),
+            cache: Cache::for_shard(budget, count),
             classes,
             deletes: Vec::new(),
             deleted: foldhash::HashMap::default(),
