@@ -4,21 +4,24 @@
 //! Owns: its own file handle and read-ahead buffer.
 //! Invariants: never returns a record whose end is past the durable end;
 //! buffered bytes are trusted only below the durable end seen when they were
-//! read (bytes above it may still change).
+//! read (bytes above it may still change). A record's payload is a slice of
+//! the read-ahead chunk it was read in (no copy): the chunk is reused only
+//! once no payload of it is left, so keeping records keeps their chunks.
 
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::error::{Result, WalError};
 use crate::format::{self, FRAME_HEADER_BYTES, FrameError, Lsn, SEGMENT_HEADER_BYTES};
 use crate::log::Shared;
 use crate::recovery::SegmentInfo;
 
-const READ_AHEAD_BYTES: usize = 1 << 20;
+const READ_AHEAD_BYTES: usize = 256 << 10;
 
 /// One durable record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,7 +47,8 @@ pub struct WalReader {
     shared: Arc<Shared>,
     position: Lsn,
     segment: Option<OpenSegment>,
-    buffer: Vec<u8>,
+    /// The read-ahead chunk, shared with the payloads read from it.
+    buffer: Bytes,
     /// File offset of `buffer[0]` in the current segment.
     buffer_offset: u64,
 }
@@ -70,7 +74,7 @@ impl WalReader {
             shared,
             position: from,
             segment: None,
-            buffer: Vec::new(),
+            buffer: Bytes::new(),
             buffer_offset: 0,
         })
     }
@@ -235,56 +239,70 @@ impl WalReader {
     }
 
     fn read_frame(&mut self, durable: Lsn) -> Result<Step> {
-        let segment = self.segment.as_ref().expect("segment opened");
-        let first = segment.info.first_lsn;
-        let path = segment.info.path.clone();
+        let first = self
+            .segment
+            .as_ref()
+            .expect("segment opened")
+            .info
+            .first_lsn;
         let offset = SEGMENT_HEADER_BYTES as u64 + (self.position.0 - first.0);
         let durable_offset = SEGMENT_HEADER_BYTES as u64 + (durable.0 - first.0);
         let limit = self.shared.max_record_bytes;
         let position = self.position;
         let header = self.load(offset, FRAME_HEADER_BYTES, durable_offset)?;
-        let len = match format::decode_frame(header, position, first, u32::MAX) {
+        let len = match format::decode_frame(&self.buffer[header], position, first, u32::MAX) {
             Err(FrameError::Truncated { needed, .. }) => needed as usize,
             Err(cause) => return Ok(Step::SegmentEnd(cause)),
             Ok(frame) => frame.payload.len() + FRAME_HEADER_BYTES,
         };
         if len - FRAME_HEADER_BYTES > limit as usize {
             return Err(WalError::StoredRecordTooLarge {
-                path,
+                path: self
+                    .segment
+                    .as_ref()
+                    .expect("segment opened")
+                    .info
+                    .path
+                    .clone(),
                 lsn: position,
                 len: len - FRAME_HEADER_BYTES,
                 max: limit,
             });
         }
-        let bytes = self.load(offset, len, durable_offset)?;
-        match format::decode_frame(bytes, position, first, limit) {
+        let frame = self.load(offset, len, durable_offset)?;
+        match format::decode_frame(&self.buffer[frame], position, first, limit) {
             Ok(frame) => Ok(Step::Record(Record {
                 lsn: frame.lsn,
                 write_lsn: frame.write_lsn,
                 inflight_lsn: frame.inflight_lsn,
                 kind: frame.kind,
-                payload: Bytes::copy_from_slice(frame.payload),
+                payload: self.buffer.slice_ref(frame.payload),
             })),
             Err(cause) => Ok(Step::SegmentEnd(cause)),
         }
     }
 
-    /// Bytes `[offset, offset + len)` of the current segment, from the
-    /// buffer if it holds them, else read from the file (at least
-    /// `READ_AHEAD_BYTES`, never trusting bytes past `durable_offset` on a
-    /// later call).
-    fn load(&mut self, offset: u64, len: usize, durable_offset: u64) -> Result<&[u8]> {
+    /// Where bytes `[offset, offset + len)` of the current segment are in
+    /// `buffer` (an empty range if the file ends before): already there, or
+    /// read from the file (at least `READ_AHEAD_BYTES`, never trusting
+    /// bytes past `durable_offset` on a later call).
+    fn load(&mut self, offset: u64, len: usize, durable_offset: u64) -> Result<Range<usize>> {
         let start = offset.checked_sub(self.buffer_offset);
         let cached = start.is_some_and(|s| s as usize + len <= self.buffer.len());
         if !cached {
             let segment = self.segment.as_ref().expect("segment opened");
             let want = len.max(READ_AHEAD_BYTES);
-            self.buffer.resize(want, 0);
+            // The old chunk, unless a payload read from it is still alive.
+            let old = std::mem::take(&mut self.buffer).try_into_mut();
+            let mut buffer = old.unwrap_or_else(|_| BytesMut::new());
+            if buffer.len() < want {
+                buffer.resize(want, 0);
+            }
             let mut filled = 0;
             while filled < want {
                 match segment
                     .file
-                    .read_at(&mut self.buffer[filled..], offset + filled as u64)
+                    .read_at(&mut buffer[filled..want], offset + filled as u64)
                 {
                     Ok(0) => break,
                     Ok(n) => filled += n,
@@ -296,11 +314,15 @@ impl WalReader {
             // (the caller only asks past the durable end to look for a frame
             // it then validates).
             let trusted = durable_offset.saturating_sub(offset) as usize;
-            self.buffer.truncate(filled.min(trusted.max(len)));
+            buffer.truncate(filled.min(trusted.max(len)));
+            self.buffer = buffer.freeze();
             self.buffer_offset = offset;
         }
         let start = (offset - self.buffer_offset) as usize;
-        Ok(self.buffer.get(start..start + len).unwrap_or_default())
+        if start + len > self.buffer.len() {
+            return Ok(0..0);
+        }
+        Ok(start..start + len)
     }
 }
 

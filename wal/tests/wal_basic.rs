@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{backends, payload, read_all, segment_files, small_config};
-use tc_wal::{Lsn, Wal, WalConfig, WalError};
+use tc_wal::{Backend, Lsn, Wal, WalConfig, WalError};
 
 #[test]
 fn records_survive_reopen_in_order_across_segments() {
@@ -396,5 +396,38 @@ fn small_writes_sharing_blocks_survive_reopens() {
             let len = std::fs::metadata(&file).expect("stat").len();
             assert_eq!(len, config.segment_bytes, "{backend}: {}", file.display());
         }
+    }
+}
+
+/// A record's payload shares the reader's read-ahead chunk: records kept
+/// while the reader goes on through several chunks (some reused, some
+/// pinned by a kept record) keep their bytes.
+#[test]
+fn records_kept_while_reading_on_keep_their_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = WalConfig {
+        segment_bytes: 8 << 20,
+        max_record_bytes: 64 << 10,
+        ..small_config(Backend::Portable)
+    };
+    let wal = Wal::open(dir.path(), config).expect("open");
+    // About 1.5 MiB: several read-ahead chunks, records across their ends.
+    let sizes = |i: u64| 1000 + (i as usize * 7919) % 9000;
+    for i in 0..300u64 {
+        wal.append(1, payload(i, sizes(i))).expect("append");
+    }
+    let mut reader = wal.reader(wal.first_lsn()).expect("reader");
+    let mut kept = Vec::new();
+    let mut read = 0u64;
+    while let Some(record) = reader.try_next().expect("read") {
+        assert_eq!(&record.payload[..], &payload(read, sizes(read))[..]);
+        if read % 7 == 0 {
+            kept.push((read, record));
+        }
+        read += 1;
+    }
+    assert_eq!(read, 300);
+    for (i, record) in kept {
+        assert_eq!(&record.payload[..], &payload(i, sizes(i))[..], "record {i}");
     }
 }
