@@ -108,7 +108,7 @@ impl Cache {
     }
 
     /// Where `id` is, counted as a hit or a miss. `hint` (from
-    /// `index_of`) saves the lookup if `id` is still at that index.
+    /// `likely_index_of`) saves the lookup if `id` is at that index.
     pub fn find(&mut self, id: ObjectId, hint: Option<usize>) -> Option<usize> {
         let at_hint = hint.filter(|&i| self.map.get_index(i).is_some_and(|(key, _)| key == id));
         let index = at_hint.or_else(|| self.map.get_index_of(id));

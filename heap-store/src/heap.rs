@@ -320,7 +320,7 @@ impl Heap {
 
 impl HeapView<'_> {
     /// Where `id` stands, faulting it into `cache` if it is neither cached
-    /// nor deleted. `hint`: the cache index `id` was seen at.
+    /// nor deleted. `hint`: the cache index `id` is likely at (checked).
     fn find(&self, cache: &mut Cache, id: ObjectId, hint: Option<usize>) -> Result<Found> {
         let index = match cache.find(id, hint) {
             Some(index) => index,
@@ -477,11 +477,12 @@ impl HeapView<'_> {
     }
 }
 
-/// Starts loading the cached objects of `batch` into the CPU's caches:
-/// first every object, then every object's fields, so that their cache
-/// misses overlap instead of following one another as the changes are
-/// applied. With a heap larger than the CPU's caches this is most of a
-/// replay's time.
+/// Starts loading the cached objects of `batch` into the CPU's caches
+/// (their cache entries were started when the batch was gathered): first
+/// every object, then every object's fields, so that their cache misses
+/// overlap instead of following one another as the changes are applied.
+/// With a heap larger than the CPU's caches this is most of a replay's
+/// time.
 fn prefetch_batch(cache: &Cache, batch: &Batch<'_>) {
     let indexes = || batch.pending().filter_map(|pending| pending.index);
     indexes().for_each(|index| cache.prefetch_object(index));

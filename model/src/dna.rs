@@ -5,7 +5,9 @@
 //! and its structural checks (version, tags, bounds, DNA lengths, no
 //! repeated object), made in one place: `TransactionReader` reads a
 //! transaction one DNA at a time (replay applies as it reads, and passes
-//! over other shards' DNAs), and `Transaction::decode` is built on it.
+//! over other shards' DNAs), its `DnaReader` reads one DNA's body, now or
+//! later (replay gathers a batch of them first), and `Transaction::decode`
+//! is built on it.
 //! Not: checks against the store's state (classes, slots, references:
 //! `validate.rs`).
 //! Invariants: `decode(encode(tx)) == tx`; `decode` never panics, never
