@@ -421,7 +421,7 @@ fn records_kept_while_reading_on_keep_their_bytes() {
     let mut read = 0u64;
     while let Some(record) = reader.try_next().expect("read") {
         assert_eq!(&record.payload[..], &payload(read, sizes(read))[..]);
-        if read % 7 == 0 {
+        if read.is_multiple_of(7) {
             kept.push((read, record));
         }
         read += 1;
