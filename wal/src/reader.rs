@@ -238,13 +238,14 @@ impl WalReader {
         })
     }
 
+    /// The segment being read (`read_frame` is called only with one
+    /// open).
+    fn open_segment(&self) -> &OpenSegment {
+        self.segment.as_ref().expect("segment opened")
+    }
+
     fn read_frame(&mut self, durable: Lsn) -> Result<Step> {
-        let first = self
-            .segment
-            .as_ref()
-            .expect("segment opened")
-            .info
-            .first_lsn;
+        let first = self.open_segment().info.first_lsn;
         let offset = SEGMENT_HEADER_BYTES as u64 + (self.position.0 - first.0);
         let durable_offset = SEGMENT_HEADER_BYTES as u64 + (durable.0 - first.0);
         let limit = self.shared.max_record_bytes;
@@ -257,13 +258,7 @@ impl WalReader {
         };
         if len - FRAME_HEADER_BYTES > limit as usize {
             return Err(WalError::StoredRecordTooLarge {
-                path: self
-                    .segment
-                    .as_ref()
-                    .expect("segment opened")
-                    .info
-                    .path
-                    .clone(),
+                path: self.open_segment().info.path.clone(),
                 lsn: position,
                 len: len - FRAME_HEADER_BYTES,
                 max: limit,
