@@ -67,6 +67,7 @@ struct Changing<'h> {
 }
 
 impl Changing<'_> {
+    #[inline(always)]
     fn write_field(&mut self, slot: u32, value: Value) -> Result<(), ApplyError> {
         let id = self.id;
         let field = self

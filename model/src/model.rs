@@ -456,6 +456,7 @@ impl Value {
     }
 
     /// The kind this value has, or `None` for null.
+    #[inline]
     pub fn kind(&self) -> Option<FieldKind> {
         match self {
             Value::Null => None,
@@ -466,6 +467,7 @@ impl Value {
 
     /// Whether a field of `kind` may hold this value (null fits strings,
     /// references and arrays; a primitive field cannot be null).
+    #[inline]
     pub fn fits(&self, kind: FieldKind) -> bool {
         match self.kind() {
             None => !matches!(
@@ -853,6 +855,7 @@ impl Object {
 
     /// Sets a field and returns its old value. The caller checked slot
     /// and kind (validation).
+    #[inline]
     pub fn set_field(&mut self, slot: u32, value: Value) -> Value {
         match &mut self.body {
             Body::Fields(fields) => {
