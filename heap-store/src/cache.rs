@@ -316,9 +316,9 @@ impl Cache {
 struct ById {
     entries: Vec<(ObjectId, Cached)>,
     /// Per id: its index in `entries` plus one, or 0 if it is not cached.
-    /// Ids `stride` apart share a slot (a replay shard holds only one id
-    /// of each `stride`: see `Cache::for_shard`), so the id found in
-    /// `entries` is compared with the one looked for.
+    /// The `stride` ids from `k * stride` on share slot `k` (a replay
+    /// shard holds only one id of each `stride`: see `Cache::for_shard`),
+    /// so the id found in `entries` is compared with the one looked for.
     positions: Vec<u32>,
     stride: u64,
 }
