@@ -125,8 +125,9 @@ impl Cache {
     }
 
     /// Where `id` would be if it is cached, without looking at the entry
-    /// (so without waiting for it to load): `find` checks it. Starts
-    /// loading the entry into the CPU's caches.
+    /// (so without waiting for it to load; in a replay shard's cache it
+    /// may be another id's): `find` checks it. Starts loading the entry
+    /// into the CPU's caches.
     pub fn likely_index_of(&self, id: ObjectId) -> Option<usize> {
         let index = self.map.likely_index_of(id)?;
         prefetch(

@@ -494,7 +494,9 @@ fn prefetch_batch(cache: &Cache, batch: &Batch<'_>) {
 const BATCH_DNAS_MAX: usize = 16;
 
 /// A DNA to apply: its start, a reader of its body and where its object
-/// was in the cache when it was read (`None`: not cached then).
+/// is likely to be in the cache (`Cache::likely_index_of`; `None`: not
+/// cached), to prefetch it and to save the lookup when applying (checked
+/// there). Measured without that saving: 2–5 % slower.
 struct Pending<'a> {
     start: DnaStart,
     body: DnaReader<'a>,
