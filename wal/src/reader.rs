@@ -46,6 +46,11 @@ impl Record {
 pub struct WalReader {
     shared: Arc<Shared>,
     position: Lsn,
+    /// The durable end when last looked at. It only grows, so a record
+    /// below it needs no new look (the look takes the log's lock, which
+    /// readers on other threads would otherwise pass back and forth for
+    /// every record).
+    durable: Lsn,
     segment: Option<OpenSegment>,
     /// The read-ahead chunk, shared with the payloads read from it.
     buffer: Bytes,
@@ -73,6 +78,7 @@ impl WalReader {
         Ok(WalReader {
             shared,
             position: from,
+            durable: Lsn(0),
             segment: None,
             buffer: Bytes::new(),
             buffer_offset: 0,
@@ -87,12 +93,14 @@ impl WalReader {
     /// The next durable record, or `None` if the reader has caught up.
     pub fn try_next(&mut self) -> Result<Option<Record>> {
         loop {
-            let durable = self.shared.durable_end();
-            if self.position >= durable {
-                return Ok(None);
+            if self.position >= self.durable {
+                self.durable = self.shared.durable_end();
+                if self.position >= self.durable {
+                    return Ok(None);
+                }
             }
             self.open_segment_for(self.position)?;
-            match self.read_frame(durable)? {
+            match self.read_frame(self.durable)? {
                 Step::Record(record) => {
                     self.position = record.end_lsn();
                     return Ok(Some(record));
