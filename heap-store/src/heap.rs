@@ -23,7 +23,7 @@ use crate::codec::DecodeError;
 use crate::datafile::DataFiles;
 use crate::dna::{DnaReader, DnaStart, Transaction, TransactionHeader, TransactionReader};
 use crate::error::{Result, StoreError};
-use crate::model::{ClassDef, ClassId, LogicalOp, Object, ObjectId, Value};
+use crate::model::{ClassDef, ClassId, FieldDef, LogicalOp, Object, ObjectId, Value};
 use crate::records::StoreRecord;
 use crate::table::{ObjectTable, TableEntry};
 use tc_wal::Lsn;
@@ -69,22 +69,44 @@ struct Changing<'h> {
 impl Changing<'_> {
     #[inline(always)]
     fn write_field(&mut self, slot: u32, value: Value) -> Result<(), ApplyError> {
-        let id = self.id;
-        let field = self
-            .def
-            .fields
-            .get(slot as usize)
-            .ok_or_else(|| mismatch(format!("{id} has no slot {slot}")))?;
+        let field = self.field(slot)?;
         if !value.fits(field.kind) {
-            return Err(mismatch(format!(
-                "{id} slot {slot} cannot hold {}",
-                value.kind_name()
-            )));
+            return Err(cannot_hold(self.id, slot, &value));
         }
         let added = value_bytes(&value) as isize;
         let old = self.object.set_field(slot, value);
         self.bytes_delta += added - value_bytes(&old) as isize;
         Ok(())
+    }
+
+    /// `write_field` with the value `body` reads next (its slot was
+    /// `slot`), decoded straight into the field; replay's way. A value of
+    /// the wrong kind is written before it is found wrong: the caller
+    /// then fails the whole replay.
+    #[inline(always)]
+    fn read_field(
+        &mut self,
+        slot: u32,
+        body: &mut DnaReader<'_>,
+        undecodable: impl Fn(DecodeError) -> ApplyError,
+    ) -> Result<(), ApplyError> {
+        let kind = self.field(slot)?.kind;
+        let place = self.object.field_mut(slot);
+        let removed = value_bytes(place) as isize;
+        body.value_into(place).map_err(undecodable)?;
+        if !place.fits(kind) {
+            return Err(cannot_hold(self.id, slot, place));
+        }
+        self.bytes_delta += value_bytes(place) as isize - removed;
+        Ok(())
+    }
+
+    fn field(&self, slot: u32) -> Result<&FieldDef, ApplyError> {
+        let id = self.id;
+        self.def
+            .fields
+            .get(slot as usize)
+            .ok_or_else(|| mismatch(format!("{id} has no slot {slot}")))
     }
 
     fn apply_op(&mut self, op: &LogicalOp) -> Result<(), ApplyError> {
@@ -95,6 +117,14 @@ impl Changing<'_> {
         self.object.apply(op);
         Ok(())
     }
+}
+
+#[cold]
+fn cannot_hold(id: ObjectId, slot: u32, value: &Value) -> ApplyError {
+    mismatch(format!(
+        "{id} slot {slot} cannot hold {}",
+        value.kind_name()
+    ))
 }
 
 /// Where an object stands in the heap.
@@ -463,8 +493,8 @@ impl HeapView<'_> {
                 index,
             } = pending;
             self.change_object(cache, lsn, start, index, |object| {
-                while let Some((slot, value)) = body.next_field().map_err(&undecodable)? {
-                    object.write_field(slot, value)?;
+                while let Some(slot) = body.next_slot().map_err(&undecodable)? {
+                    object.read_field(slot, &mut body, &undecodable)?;
                 }
                 while let Some(op) = body.next_op().map_err(&undecodable)? {
                     object.apply_op(&op)?;

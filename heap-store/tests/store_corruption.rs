@@ -329,3 +329,54 @@ fn the_first_record_that_does_not_fit_is_named_whatever_the_replay_threads() {
     );
     assert!(messages.iter().all(|m| *m == messages[0]), "{messages:#?}");
 }
+
+/// A durable WAL record whose field write does not fit the object's class
+/// (a value of the wrong kind, a slot the class lacks) is refused at open,
+/// naming its LSN, the object and the slot, on every replay thread count.
+#[test]
+fn a_record_writing_a_field_its_class_does_not_have_is_refused_at_open() {
+    let cases = [
+        (
+            0,
+            Value::String("not a long".into()),
+            "slot 0 cannot hold string",
+        ),
+        (1, Value::Long(5), "slot 1 cannot hold long"),
+        (7, Value::Long(5), "has no slot 7"),
+    ];
+    for (slot, value, problem) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (ids, _) = populate(dir.path());
+        let wal = tc_wal::Wal::open(dir.path().join(WAL_DIR), config().wal).unwrap();
+        let record = Transaction {
+            client: 1,
+            seq: 10,
+            lock: LockRef::None,
+            roots: vec![],
+            // The good write first: the bad one fails the record after it
+            // changed the object.
+            dnas: vec![
+                Dna::update(ids[1])
+                    .field(0, Value::Long(99))
+                    .field(slot, value.clone()),
+            ],
+        };
+        let bad = wal
+            .append(tc_heap_store::records::KIND_TRANSACTION, record.encode())
+            .unwrap();
+        wal.close();
+        for replay_threads in 1..=3 {
+            let config = StoreConfig {
+                replay_threads,
+                ..config()
+            };
+            let msg = message(Store::open(dir.path(), config).map(|_| ()));
+            assert!(
+                msg.contains(&format!("lsn {bad}"))
+                    && msg.contains(&ids[1].to_string())
+                    && msg.contains(problem),
+                "{replay_threads} threads: {msg}"
+            );
+        }
+    }
+}

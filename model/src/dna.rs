@@ -233,6 +233,9 @@ enum Within {
     Between,
     /// This many field writes are still to read, then the op count.
     Fields(usize),
+    /// The slot of a field write was read, not its value; then this many
+    /// field writes are still to read.
+    FieldValue(usize),
     /// This many logical operations are still to read.
     Ops(usize),
 }
@@ -378,6 +381,7 @@ impl<'a> TransactionReader<'a> {
     pub fn fields_left(&self) -> usize {
         match self.dna.within {
             Within::Fields(n) => n,
+            Within::FieldValue(n) => n + 1,
             Within::Between | Within::Ops(_) => 0,
         }
     }
@@ -484,6 +488,18 @@ impl DnaReader<'_> {
     /// one.
     #[inline(always)]
     pub fn next_field(&mut self) -> Result<Option<(u32, Value)>, DecodeError> {
+        let Some(slot) = self.next_slot()? else {
+            return Ok(None);
+        };
+        let mut value = Value::Null;
+        self.value_into(&mut value)?;
+        Ok(Some((slot, value)))
+    }
+
+    /// The slot of the DNA's next field write, whose value `value_into`
+    /// reads next; `None` after the last one.
+    #[inline(always)]
+    pub fn next_slot(&mut self) -> Result<Option<u32>, DecodeError> {
         match self.within {
             Within::Fields(0) => {
                 self.within = Within::Ops(self.r.count(1, "operation count")?);
@@ -491,12 +507,26 @@ impl DnaReader<'_> {
             }
             Within::Fields(n) => {
                 let slot = self.r.varint_max(u64::from(u32::MAX), "slot")? as u32;
-                let value = Value::decode(&mut self.r)?;
-                self.within = Within::Fields(n - 1);
-                Ok(Some((slot, value)))
+                self.within = Within::FieldValue(n - 1);
+                Ok(Some(slot))
             }
+            Within::FieldValue(_) => panic!("next_slot before the value of the last slot was read"),
             Within::Between | Within::Ops(_) => Ok(None),
         }
+    }
+
+    /// Reads the value of the field write whose slot `next_slot` returned
+    /// into `place` (unchanged on an error). Decoding into the place, not
+    /// returning the value, lets replay write a field without copying the
+    /// value through the stack (`next_field` returns it).
+    #[inline(always)]
+    pub fn value_into(&mut self, place: &mut Value) -> Result<(), DecodeError> {
+        let Within::FieldValue(n) = self.within else {
+            panic!("value_into without a slot read by next_slot");
+        };
+        *place = Value::decode(&mut self.r)?;
+        self.within = Within::Fields(n);
+        Ok(())
     }
 
     /// Reads (and checks) whatever the caller did not read of the DNA.
@@ -516,8 +546,9 @@ impl DnaReader<'_> {
             match self.within {
                 Within::Between => return Ok(None),
                 Within::Fields(_) => {
-                    self.next_field()?;
+                    self.next_slot()?;
                 }
+                Within::FieldValue(_) => self.value_into(&mut Value::Null)?,
                 Within::Ops(0) => {
                     self.within = Within::Between;
                     self.check_end()?;

@@ -76,8 +76,10 @@ impl ScalarKind {
         ScalarKind::Reference,
     ];
 
+    #[inline]
     fn from_code(code: u8) -> Option<ScalarKind> {
-        ScalarKind::ALL.into_iter().find(|k| *k as u8 == code)
+        let index = usize::from(code).checked_sub(1)?;
+        ScalarKind::ALL.get(index).copied()
     }
 
     pub fn name(self) -> &'static str {
@@ -114,6 +116,7 @@ impl FieldKind {
         }
     }
 
+    #[inline]
     pub fn from_code(code: u8) -> Option<FieldKind> {
         if code & ARRAY_FLAG != 0 {
             ScalarKind::from_code(code & !ARRAY_FLAG).map(FieldKind::Array)
@@ -857,16 +860,20 @@ impl Object {
     /// and kind (validation).
     #[inline]
     pub fn set_field(&mut self, slot: u32, value: Value) -> Value {
+        std::mem::replace(self.field_mut(slot), value)
+    }
+
+    /// The field in `slot`. The caller checked the slot (validation).
+    #[inline]
+    pub fn field_mut(&mut self, slot: u32) -> &mut Value {
+        let kind = self.kind();
         match &mut self.body {
-            Body::Fields(fields) => {
-                let field = fields
-                    .get_mut(slot as usize)
-                    .expect("validated slot within the class");
-                std::mem::replace(field, value)
-            }
+            Body::Fields(fields) => fields
+                .get_mut(slot as usize)
+                .expect("validated slot within the class"),
             _ => panic!(
                 "field write on a {}: validation let it through",
-                self.kind().name()
+                kind.name()
             ),
         }
     }
@@ -1053,5 +1060,22 @@ impl Object {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_kind_code_reads_back_and_no_other_byte_does() {
+        let kinds: Vec<FieldKind> = ScalarKind::ALL
+            .iter()
+            .flat_map(|&k| [FieldKind::Scalar(k), FieldKind::Array(k)])
+            .collect();
+        for byte in 0..=u8::MAX {
+            let expected = kinds.iter().copied().find(|k| k.code() == byte);
+            assert_eq!(FieldKind::from_code(byte), expected, "code {byte:#x}");
+        }
     }
 }
