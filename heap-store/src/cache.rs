@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use crate::model::{LogicalOp, Object, ObjectId, Value};
+use crate::replay::Shards;
 use tc_wal::Lsn;
 
 /// Cache entries one eviction pass looks at, plus two per object that
@@ -68,12 +69,12 @@ pub(crate) struct Cache {
 
 impl Cache {
     pub fn new(budget_bytes: usize) -> Cache {
-        Cache::for_shard(budget_bytes, 1)
+        Cache::for_shard(budget_bytes, Shards::new(1))
     }
 
     /// A cache for the objects of one replay shard of `shards`: those
-    /// whose ids are equal modulo `shards` (`ById::stride`).
-    pub fn for_shard(budget_bytes: usize, shards: u64) -> Cache {
+    /// whose ids are equal modulo the shard count.
+    pub fn for_shard(budget_bytes: usize, shards: Shards) -> Cache {
         Cache {
             map: ById::new(shards),
             dirty: foldhash::HashSet::default(),
@@ -317,20 +318,20 @@ impl Cache {
 struct ById {
     entries: Vec<(ObjectId, Cached)>,
     /// Per id: its index in `entries` plus one, or 0 if it is not cached.
-    /// The `stride` ids from `k * stride` on share slot `k` (a replay
-    /// shard holds only one id of each `stride`: see `Cache::for_shard`),
-    /// so the id found in `entries` is compared with the one looked for.
+    /// The ids of the same rank share a slot (`Shards::rank`: for `n`
+    /// shards, the `n` ids from `k * n` on share slot `k`; a replay shard
+    /// holds only one of them, see `Cache::for_shard`), so the id found in
+    /// `entries` is compared with the one looked for.
     positions: Vec<u32>,
-    stride: u64,
+    shards: Shards,
 }
 
 impl ById {
-    fn new(stride: u64) -> ById {
-        assert!(stride > 0, "a cache holds one id in every stride >= 1");
+    fn new(shards: Shards) -> ById {
         ById {
             entries: Vec::new(),
             positions: Vec::new(),
-            stride,
+            shards,
         }
     }
 
@@ -343,16 +344,11 @@ impl ById {
     }
 
     fn slot(&self, id: ObjectId) -> usize {
-        let slot = if self.stride == 1 {
-            id.0
-        } else {
-            id.0 / self.stride
-        };
-        usize::try_from(slot).expect("object ids fit in memory")
+        usize::try_from(self.shards.rank(id)).expect("object ids fit in memory")
     }
 
     /// The index of `id`'s slot: `id`'s own or, in a cache that holds
-    /// one id of each `stride`, that of another id sharing the slot.
+    /// one id of each rank, that of another id sharing the slot.
     #[inline]
     fn likely_index_of(&self, id: ObjectId) -> Option<usize> {
         let position = *self.positions.get(self.slot(id))?;
@@ -535,10 +531,10 @@ mod tests {
         /// slots and are looked for without being there.
         #[test]
         fn objects_are_found_by_id_as_in_a_map(
-            shards in 1..4u64,
+            shards in 1..6u64,
             steps in proptest::collection::vec((0..64u64, any::<bool>()), 1..200),
         ) {
-            let mut by_id = ById::new(shards);
+            let mut by_id = ById::new(Shards::new(shards));
             let mut model = std::collections::HashMap::new();
             for (step, (n, insert)) in steps.into_iter().enumerate() {
                 // Ids of this shard (shard 0) only are cached.
