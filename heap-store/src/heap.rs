@@ -25,6 +25,7 @@ use crate::dna::{DnaReader, DnaStart, Transaction, TransactionHeader, Transactio
 use crate::error::{Result, StoreError};
 use crate::model::{ClassDef, ClassId, FieldDef, LogicalOp, Object, ObjectId, Value};
 use crate::records::StoreRecord;
+use crate::replay_feed::IndexedDna;
 use crate::table::{ObjectTable, TableEntry};
 use tc_wal::Lsn;
 
@@ -454,7 +455,7 @@ impl HeapView<'_> {
     ) -> Result<TransactionHeader, ApplyError> {
         // Report what decoding the whole transaction says: its first
         // error in byte order, whichever DNA it is in.
-        let undecodable = |e| undecodable(Transaction::decode(bytes).err().unwrap_or(e));
+        let undecodable = |e| undecodable_record(bytes, e);
         let (header, mut reader) = TransactionReader::new(bytes).map_err(undecodable)?;
         let mut batch = Batch::default();
         while let Some(start) = reader.next_dna().map_err(undecodable)? {
@@ -468,13 +469,43 @@ impl HeapView<'_> {
                     index: cache.likely_index_of(start.object),
                 });
                 if batch.is_full() {
-                    self.apply_batch(cache, lsn, &mut batch, undecodable)?;
+                    self.apply_batch(cache, lsn, &mut batch, bytes)?;
                 }
             }
             reader.skip_rest_of_dna().map_err(undecodable)?;
         }
-        self.apply_batch(cache, lsn, &mut batch, undecodable)?;
+        self.apply_batch(cache, lsn, &mut batch, bytes)?;
         Ok(header)
+    }
+
+    /// `replay_transaction` for a record whose header and DNA starts were
+    /// read already (by `replay_feed`, once for all shards): `dnas` are
+    /// all of the record's, in order.
+    pub fn replay_indexed(
+        &self,
+        cache: &mut Cache,
+        lsn: Lsn,
+        bytes: &[u8],
+        dnas: &[IndexedDna],
+        mine: impl Fn(ObjectId) -> bool,
+        mut created: impl FnMut(ObjectId, ClassId),
+    ) -> Result<(), ApplyError> {
+        let mut batch = Batch::default();
+        for dna in dnas.iter().filter(|dna| mine(dna.start.object)) {
+            let start = dna.start;
+            if let Some(class) = start.new_class {
+                created(start.object, class);
+            }
+            batch.push(Pending {
+                start,
+                body: dna.place.reader(bytes),
+                index: cache.likely_index_of(start.object),
+            });
+            if batch.is_full() {
+                self.apply_batch(cache, lsn, &mut batch, bytes)?;
+            }
+        }
+        self.apply_batch(cache, lsn, &mut batch, bytes)
     }
 
     /// Applies the DNAs of `batch` (and empties it).
@@ -483,8 +514,9 @@ impl HeapView<'_> {
         cache: &mut Cache,
         lsn: Lsn,
         batch: &mut Batch<'_>,
-        undecodable: impl Fn(DecodeError) -> ApplyError,
+        bytes: &[u8],
     ) -> Result<(), ApplyError> {
+        let undecodable = |e| undecodable_record(bytes, e);
         prefetch_batch(cache, batch);
         for pending in batch.drain() {
             let Pending {
@@ -494,7 +526,7 @@ impl HeapView<'_> {
             } = pending;
             self.change_object(cache, lsn, start, index, |object| {
                 while let Some(slot) = body.next_slot().map_err(&undecodable)? {
-                    object.read_field(slot, &mut body, &undecodable)?;
+                    object.read_field(slot, &mut body, undecodable)?;
                 }
                 while let Some(op) = body.next_op().map_err(&undecodable)? {
                     object.apply_op(&op)?;
@@ -659,4 +691,12 @@ fn mismatch(why: String) -> ApplyError {
 
 fn undecodable(e: crate::codec::DecodeError) -> ApplyError {
     ApplyError::Mismatch(e.to_string())
+}
+
+/// What replay reports for the transaction record `bytes`, which failed to
+/// decode with `e`: the first error in byte order of decoding it whole,
+/// whichever DNA that is in.
+#[cold]
+fn undecodable_record(bytes: &[u8], e: DecodeError) -> ApplyError {
+    undecodable(Transaction::decode(bytes).err().unwrap_or(e))
 }

@@ -21,6 +21,7 @@ pub mod datafile;
 mod heap;
 pub mod records;
 mod replay;
+mod replay_feed;
 mod sequencer;
 mod store;
 pub mod table;

@@ -1,17 +1,22 @@
 //! Recovery's replay: the WAL from the checkpoint on, applied to the heap
 //! by shards of the objects working in parallel, one thread each.
 //!
-//! Owns: reading the WAL at open, splitting the objects among the replay
-//! threads (object `id` belongs to shard `id % shards`) and folding their
-//! results into the heap.
-//! Not: what a record does to an object (`heap.rs`).
+//! Owns: splitting the objects among the replay threads (object `id`
+//! belongs to shard `id % shards`, `Shards`), each shard's pass over the
+//! records, and folding their results into the heap.
+//! Not: what a record does to an object (`heap.rs`); reading the WAL once
+//! for several shards (`replay_feed.rs`).
 //! Invariants:
-//! - Every shard reads every record in LSN order and applies exactly the
+//! - Every shard takes every record in LSN order and applies exactly the
 //!   changes to its own objects, so each object gets its changes in LSN
-//!   order, as in a serial replay. Every shard checks every record's frame,
-//!   header and class registrations; it decodes only its own DNAs and
-//!   passes over the others by their length (format v2), so a DNA that
-//!   does not decode or fit fails in the shard that owns its object.
+//!   order, as in a serial replay. A lone shard reads the WAL itself;
+//!   several share one reader (`replay_feed`), which checks each record's
+//!   frame and walks each transaction's header and DNA starts once for
+//!   all. Every shard checks every record's class registrations; it
+//!   decodes only its own DNAs' bodies, so a DNA whose body does not
+//!   decode or fit fails in the shard that owns its object. A transaction
+//!   whose walk fails is read whole by every shard, as a lone shard reads
+//!   it (format v2 passes over the other shards' DNAs by their length).
 //! - A shard writes only its own cache and lists. Tombstones go into the
 //!   object table after every shard has finished; until then a shard's
 //!   own deletes answer `find` (`HeapView::deleted`).
@@ -30,6 +35,7 @@ use crate::error::{Result, StoreError};
 use crate::heap::{ApplyError, Heap, HeapView, register_class};
 use crate::model::{ClassDef, ObjectId};
 use crate::records::{KIND_TRANSACTION, StoreRecord};
+use crate::replay_feed::{Feed, IndexedDna, Next, TransactionIndex};
 use crate::sequencer::DELETED;
 use crate::table::ObjectTable;
 use tc_wal::{Lsn, Wal};
@@ -58,8 +64,14 @@ pub(crate) fn replay(
     let shards = Shards::new(threads.clamp(1, REPLAY_THREADS_MAX) as u64);
     let shard_budget = heap.cache.budget_bytes() / shards.count() as usize;
     let first_failure = AtomicU64::new(u64::MAX);
+    // One shard reads alone; several share the reading (`replay_feed`).
+    let feed = match shards.count() {
+        1 => None,
+        count => Some(Feed::new(wal.reader(from)?, count as usize)),
+    };
     let source = Source {
         wal,
+        feed: feed.as_ref(),
         table: &heap.table,
         files: &heap.files,
         first_failure: &first_failure,
@@ -194,13 +206,32 @@ fn set_class_of(class_of: &mut Vec<u32>, id: ObjectId, class: u32, replace: bool
 #[derive(Clone, Copy)]
 struct Source<'a> {
     wal: &'a Wal,
+    /// With several shards, the records read once for all of them.
+    feed: Option<&'a Feed>,
     table: &'a ObjectTable,
     files: &'a DataFiles,
     /// LSN of the first failing record any shard found (`u64::MAX`: none).
     first_failure: &'a AtomicU64,
 }
 
+impl Source<'_> {
+    /// Records a failure at `lsn`, so that every shard stops past it.
+    fn fail(&self, lsn: Lsn, error: StoreError) -> Failure {
+        self.first_failure.fetch_min(lsn.0, Ordering::Relaxed);
+        Failure { lsn, error }
+    }
+}
+
 type Outcome = Result<(Shard, std::result::Result<(), Failure>)>;
+
+/// A record as a shard takes it, from its own reader or from a batch.
+struct Taken<'a> {
+    lsn: Lsn,
+    /// The next record's LSN.
+    end: Lsn,
+    kind: u8,
+    payload: &'a [u8],
+}
 
 /// Why a shard stopped, at which record.
 struct Failure {
@@ -259,48 +290,131 @@ impl Shard {
     }
 
     fn run(&mut self, source: &Source<'_>) -> std::result::Result<(), Failure> {
-        let fail = |lsn: Lsn, error: StoreError| {
-            source.first_failure.fetch_min(lsn.0, Ordering::Relaxed);
-            Failure { lsn, error }
-        };
+        match source.feed {
+            Some(feed) => self.run_fed(source, feed),
+            None => self.run_alone(source),
+        }
+    }
+
+    /// Reads the WAL with its own reader.
+    fn run_alone(&mut self, source: &Source<'_>) -> std::result::Result<(), Failure> {
         let mut reader = source
             .wal
             .reader(self.end)
-            .map_err(|e| fail(self.end, e.into()))?;
+            .map_err(|e| source.fail(self.end, e.into()))?;
         loop {
-            let record = match reader.try_next() {
-                Ok(Some(record)) => record,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(fail(self.end, e.into())),
-            };
-            let (lsn, end) = (record.lsn, record.end_lsn());
-            if lsn.0 > source.first_failure.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            let applied = if record.kind == KIND_TRANSACTION {
-                self.transaction(source, lsn, &record.payload)
-            } else {
-                match StoreRecord::decode(record.kind, &record.payload) {
-                    Ok(decoded) => self.other(source, lsn, decoded),
-                    Err(e) => Err(ApplyError::Mismatch(e.to_string())),
+            match reader.try_next() {
+                Ok(Some(record)) => {
+                    let taken = Taken {
+                        lsn: record.lsn,
+                        end: record.end_lsn(),
+                        kind: record.kind,
+                        payload: &record.payload,
+                    };
+                    if !self.take(source, taken, None)? {
+                        return Ok(());
+                    }
                 }
-            };
-            if let Err(e) = applied {
-                let error = match e {
-                    ApplyError::Damaged(cause) => cause,
-                    ApplyError::Mismatch(why) => StoreError::corrupt(
-                        source.wal.dir(),
-                        None,
-                        format!("WAL record at lsn {lsn}: {why}"),
-                    ),
-                };
-                return Err(fail(lsn, error));
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(source.fail(self.end, e.into())),
             }
-            self.records += 1;
-            self.bytes += end.0 - lsn.0;
-            self.end = end;
-            self.cache.evict_over_budget();
         }
+    }
+
+    /// Takes the records the feed read.
+    fn run_fed(&mut self, source: &Source<'_>, feed: &Feed) -> std::result::Result<(), Failure> {
+        let shard = self.index as usize;
+        let _leaving = feed.leave_on_drop(shard);
+        loop {
+            match feed.next(shard) {
+                Next::Batch(batch) => {
+                    for record in &batch.records {
+                        let taken = Taken {
+                            lsn: record.lsn,
+                            end: record.end,
+                            kind: record.kind,
+                            payload: batch.payload(record),
+                        };
+                        let index = record.index.as_ref().map(|i| (i, batch.dnas(i)));
+                        if !self.take(source, taken, index)? {
+                            return Ok(());
+                        }
+                    }
+                }
+                Next::End => return Ok(()),
+                Next::Failed(lsn, e) => return Err(source.fail(lsn, e.into())),
+            }
+        }
+    }
+
+    /// Applies `record` (with its index, if the feed made one); false if
+    /// the replay stops before it (a shard failed at an earlier record).
+    fn take(
+        &mut self,
+        source: &Source<'_>,
+        record: Taken<'_>,
+        index: Option<(&TransactionIndex, &[IndexedDna])>,
+    ) -> std::result::Result<bool, Failure> {
+        let (lsn, end) = (record.lsn, record.end);
+        if lsn.0 > source.first_failure.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let applied = match (record.kind, index) {
+            (KIND_TRANSACTION, Some((index, dnas))) => {
+                self.indexed_transaction(source, lsn, record.payload, index, dnas)
+            }
+            (KIND_TRANSACTION, None) => self.transaction(source, lsn, record.payload),
+            (kind, _) => match StoreRecord::decode(kind, record.payload) {
+                Ok(decoded) => self.other(source, lsn, decoded),
+                Err(e) => Err(ApplyError::Mismatch(e.to_string())),
+            },
+        };
+        if let Err(e) = applied {
+            let error = match e {
+                ApplyError::Damaged(cause) => cause,
+                ApplyError::Mismatch(why) => StoreError::corrupt(
+                    source.wal.dir(),
+                    None,
+                    format!("WAL record at lsn {lsn}: {why}"),
+                ),
+            };
+            return Err(source.fail(lsn, error));
+        }
+        self.records += 1;
+        self.bytes += end.0 - lsn.0;
+        self.end = end;
+        self.cache.evict_over_budget();
+        Ok(true)
+    }
+
+    fn indexed_transaction(
+        &mut self,
+        source: &Source<'_>,
+        lsn: Lsn,
+        payload: &[u8],
+        index: &TransactionIndex,
+        dnas: &[IndexedDna],
+    ) -> std::result::Result<(), ApplyError> {
+        let view = HeapView {
+            classes: &self.classes,
+            table: source.table,
+            files: source.files,
+            deleted: Some(&self.deleted),
+        };
+        let (shard, shards) = (self.index, self.shards);
+        let classes_of = &mut self.classes_of;
+        view.replay_indexed(
+            &mut self.cache,
+            lsn,
+            payload,
+            dnas,
+            |id| shards.owner(id) == shard,
+            |id, class| classes_of.push((id, class.0, false)),
+        )?;
+        if self.index == 0 {
+            self.roots.extend(index.roots.iter().cloned());
+        }
+        Ok(())
     }
 
     fn transaction(

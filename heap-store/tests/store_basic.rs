@@ -564,3 +564,115 @@ fn readers_racing_commits_checkpoints_and_the_cleaner_see_whole_changes() {
         assert_eq!(object.field(0), Some(&Value::Int(last)));
     }
 }
+
+/// With several shards, replay reads the WAL once for all of them, in
+/// batches (128 KiB) that every shard takes in turn: a WAL of many
+/// batches and several segments, with objects created, changed and named
+/// as roots all along it, replays to the same heap on every shard count,
+/// every change applied once (lists, one per shard, gain an element per
+/// transaction).
+#[test]
+fn a_wal_of_many_batches_replays_whole_on_every_shard_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut config = config();
+        config.wal.segment_bytes = 1 << 20;
+        config.wal.max_record_bytes = 64 << 10;
+        config
+    };
+    let mut expected: std::collections::BTreeMap<ObjectId, (String, i32)> = Default::default();
+    let mut roots = Vec::new();
+    let lists: Vec<ObjectId>;
+    {
+        let store = Store::open(dir.path(), config()).unwrap();
+        let class = store.register_class(&person()).unwrap();
+        let list_class = store
+            .register_class(&ClassDef::collection(
+                "java.util.ArrayList",
+                ClassKind::List,
+            ))
+            .unwrap();
+        lists = store.allocate_ids(4).unwrap().map(ObjectId).collect();
+        let mut ids: Vec<ObjectId> = store.allocate_ids(64).unwrap().map(ObjectId).collect();
+        let created = (lists.iter().map(|&id| Dna::new_object(id, list_class)))
+            .chain(ids.iter().map(|&id| Dna::new_object(id, class)))
+            .collect();
+        store.commit(tx(1, created, vec![])).unwrap();
+        for &id in &ids {
+            expected.insert(id, (String::new(), 0));
+        }
+        for seq in 2..700u64 {
+            let mut dnas: Vec<Dna> = (0..8)
+                .map(|k| {
+                    let id = ids[(seq as usize * 8 + k * 7) % ids.len()];
+                    let name = format!("{seq}-{k}-{:0>400}", id.0);
+                    let age = seq as i32 * 10 + k as i32;
+                    expected.insert(id, (name.clone(), age));
+                    Dna::update(id)
+                        .field(0, Value::String(name))
+                        .field(1, Value::Int(age))
+                })
+                .collect();
+            let list = lists[seq as usize % lists.len()];
+            dnas.push(Dna::update(list).op(LogicalOp::ListAdd(Value::Long(seq as i64))));
+            let mut named = vec![];
+            if seq % 100 == 0 {
+                let id = ObjectId(store.allocate_ids(1).unwrap().start);
+                let name = format!("new at {seq}");
+                dnas.push(Dna::new_object(id, class).field(0, Value::String(name.clone())));
+                expected.insert(id, (name, 0));
+                ids.push(id);
+                roots.push((format!("root {seq}"), id));
+                named.push((roots.last().unwrap().0.as_str(), id));
+            }
+            store.commit(tx(seq, dnas, named)).unwrap();
+        }
+        // Dropped without close: everything is in the WAL only.
+    }
+    let wal_bytes: u64 = std::fs::read_dir(dir.path().join(tc_heap_store::WAL_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        wal_bytes > 2 << 20,
+        "{wal_bytes} WAL bytes: not many batches"
+    );
+    for replay_threads in 1..=4 {
+        let config = StoreConfig {
+            replay_threads,
+            ..config()
+        };
+        let store = Store::open(dir.path(), config).unwrap();
+        let report = store.open_report();
+        assert!(
+            report.replayed_bytes > 2 << 20,
+            "{replay_threads} threads: {report:?}"
+        );
+        for (&id, (name, age)) in &expected {
+            let got = store.get(id).unwrap().expect("replayed");
+            let Body::Fields(fields) = &got.object.body else {
+                panic!("{id} is not a plain object")
+            };
+            assert_eq!(
+                fields[..2],
+                [Value::String(name.clone()), Value::Int(*age)],
+                "{id} with {replay_threads} replay threads"
+            );
+        }
+        for (name, id) in &roots {
+            assert_eq!(
+                store.root(name),
+                Some(*id),
+                "{name}, {replay_threads} threads"
+            );
+        }
+        for (k, &list) in lists.iter().enumerate() {
+            let added = (2..700i64).filter(|seq| *seq as usize % lists.len() == k);
+            assert_eq!(
+                store.get(list).unwrap().expect("replayed").object.body,
+                Body::List(added.map(Value::Long).collect()),
+                "{list} with {replay_threads} replay threads"
+            );
+        }
+    }
+}

@@ -241,7 +241,8 @@ fn a_flipped_byte_in_a_data_segment_fails_that_object_only() {
 
 /// With the WAL in many segments, the open leaves the segments after the
 /// checkpoint to replay's reader (they are not read twice); damage in one
-/// of them is still refused at open, naming the file and the offset.
+/// of them is still refused at open, naming the file and the offset, with
+/// one replay thread or several.
 #[test]
 fn a_flipped_byte_in_a_wal_segment_after_the_checkpoint_is_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
@@ -280,8 +281,15 @@ fn a_flipped_byte_in_a_wal_segment_after_the_checkpoint_is_refused_at_open() {
         .nth(50)
         .unwrap();
     let (path, offset) = flip_wal_record(dir.path(), victim);
-    let msg = message(Store::open(dir.path(), config()));
-    assert_names(&msg, &path, offset);
+    // One replay thread reads alone, several through a shared reader.
+    for replay_threads in 1..=3 {
+        let config = StoreConfig {
+            replay_threads,
+            ..config()
+        };
+        let msg = message(Store::open(dir.path(), config));
+        assert_names(&msg, &path, offset);
+    }
     flip_wal_record(dir.path(), victim);
     let store = Store::open(dir.path(), config()).expect("undoing the flip restores the store");
     let text = store.get(id).unwrap().unwrap().object.field(0).cloned();
@@ -328,6 +336,57 @@ fn the_first_record_that_does_not_fit_is_named_whatever_the_replay_threads() {
         messages[0]
     );
     assert!(messages.iter().all(|m| *m == messages[0]), "{messages:#?}");
+}
+
+/// A record that does not fit, with megabytes of good records before and
+/// after it (many of the batches replay threads share): it is named,
+/// whatever the number of replay threads, and the open ends.
+#[test]
+fn a_record_that_does_not_fit_amid_a_long_wal_is_named_whatever_the_replay_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, _) = populate(dir.path());
+    let wal = tc_wal::Wal::open(dir.path().join(WAL_DIR), config().wal).unwrap();
+    let kind = tc_heap_store::records::KIND_TRANSACTION;
+    let update = |seq: u64, id: ObjectId| {
+        let label = Value::String(format!("{seq:0>1000}"));
+        let dna = Dna::update(id).field(1, label);
+        Transaction {
+            client: 1,
+            seq,
+            lock: LockRef::None,
+            roots: vec![],
+            dnas: vec![dna],
+        }
+        .encode()
+    };
+    let mut seq = 10;
+    let mut append_good = |n: u64| {
+        let pending: Vec<_> = (0..n)
+            .map(|_| {
+                seq += 1;
+                let id = ids[seq as usize % ids.len()];
+                wal.submit(kind, update(seq, id)).unwrap()
+            })
+            .collect();
+        for append in pending {
+            append.wait().unwrap();
+        }
+    };
+    append_good(2000);
+    let bad = wal.append(kind, update(5000, ObjectId(1001))).unwrap();
+    append_good(2000);
+    wal.close();
+    for replay_threads in 1..=4 {
+        let config = StoreConfig {
+            replay_threads,
+            ..config()
+        };
+        let msg = message(Store::open(dir.path(), config).map(|_| ()));
+        assert!(
+            msg.contains(&format!("lsn {bad}")) && msg.contains("1001"),
+            "{replay_threads} threads: {msg}"
+        );
+    }
 }
 
 /// A durable WAL record whose field write does not fit the object's class

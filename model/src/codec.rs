@@ -143,6 +143,12 @@ impl<'a> Reader<'a> {
         Reader { bytes, pos: 0 }
     }
 
+    /// A reader of `bytes` at `pos` (which may be anywhere: reads past the
+    /// end fail as usual).
+    pub(crate) fn at(bytes: &'a [u8], pos: usize) -> Self {
+        Reader { bytes, pos }
+    }
+
     pub fn position(&self) -> usize {
         self.pos
     }

@@ -312,6 +312,34 @@ pub struct DnaReader<'a> {
     end: usize,
 }
 
+/// Where a DNA just started by `TransactionReader::next_dna` is in its
+/// transaction's bytes, and what its start said: a `DnaReader` without the
+/// bytes. For keeping a DNA to read where its bytes cannot be borrowed
+/// (replay indexes a record's DNAs on one thread and reads them on
+/// others); `reader` gives the `DnaReader` back.
+#[derive(Clone, Copy, Debug)]
+pub struct DnaPlace {
+    pos: usize,
+    fields: usize,
+    dna_lengths: bool,
+    object: ObjectId,
+    end: usize,
+}
+
+impl DnaPlace {
+    /// The reader of the DNA, over `transaction`, the same bytes (other
+    /// bytes read as garbage, with decode errors).
+    pub fn reader(self, transaction: &[u8]) -> DnaReader<'_> {
+        DnaReader {
+            r: Reader::at(transaction, self.pos),
+            within: Within::Fields(self.fields),
+            dna_lengths: self.dna_lengths,
+            object: self.object,
+            end: self.end,
+        }
+    }
+}
+
 impl<'a> TransactionReader<'a> {
     /// Reads the header; the DNAs follow through `next_dna`.
     pub fn new(bytes: &'a [u8]) -> Result<(TransactionHeader, Self), DecodeError> {
@@ -388,6 +416,7 @@ impl<'a> TransactionReader<'a> {
 
     /// The next DNA's object and class, after reading what is left of the
     /// current one; `None` after the last (and every byte was consumed).
+    #[inline]
     pub fn next_dna(&mut self) -> Result<Option<DnaStart>, DecodeError> {
         self.dna.finish()?;
         if self.dnas_left == 0 {
@@ -431,6 +460,25 @@ impl<'a> TransactionReader<'a> {
     /// `None`.
     pub fn dna_reader(&self) -> DnaReader<'a> {
         self.dna.clone()
+    }
+
+    /// The place of the DNA `next_dna` just started (its fields not read
+    /// yet), to read later (`DnaPlace::reader`).
+    pub fn dna_place(&self) -> DnaPlace {
+        let dna = &self.dna;
+        let Within::Fields(fields) = dna.within else {
+            panic!(
+                "dna_place is for a DNA just started, not after {:?}",
+                dna.within
+            );
+        };
+        DnaPlace {
+            pos: dna.r.position(),
+            fields,
+            dna_lengths: dna.dna_lengths,
+            object: dna.object,
+            end: dna.end,
+        }
     }
 
     /// Moves past what is left of the current DNA without decoding it (in

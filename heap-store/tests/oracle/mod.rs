@@ -9,8 +9,9 @@
 //! same DNAs in whatever `decode` accepts; and reading every DNA's body
 //! later, through a `DnaReader` taken before passing over it (as a replay
 //! shard does to prefetch a batch of objects before applying their
-//! changes), accepts exactly what `decode` accepts and reads what it
-//! builds.
+//! changes) or rebuilt from the DNA's `DnaPlace` (as replay's shared
+//! reading hands DNAs to the shards), accepts exactly what `decode`
+//! accepts and reads what it builds.
 #![allow(dead_code)]
 
 use tc_heap_store::codec::DecodeError;
@@ -51,9 +52,9 @@ fn walk_passing_over(bytes: &[u8]) -> Result<Vec<u64>, DecodeError> {
     Ok(read)
 }
 
-/// Walks `bytes` taking a `DnaReader` of each DNA and passing over it,
-/// then reads every DNA's body through its reader, in order; returns the
-/// DNAs.
+/// Walks `bytes` taking a `DnaReader` of each DNA (for every other DNA,
+/// its `DnaPlace`, turned back into a reader) and passing over it, then
+/// reads every DNA's body through its reader, in order; returns the DNAs.
 fn walk_deferring(bytes: &[u8]) -> Result<Vec<Dna>, DecodeError> {
     let (_, mut reader) = TransactionReader::new(bytes)?;
     let mut deferred: Vec<(Dna, DnaReader<'_>)> = Vec::new();
@@ -64,7 +65,12 @@ fn walk_deferring(bytes: &[u8]) -> Result<Vec<Dna>, DecodeError> {
             fields: Vec::new(),
             ops: Vec::new(),
         };
-        deferred.push((dna, reader.dna_reader()));
+        let body = if deferred.len().is_multiple_of(2) {
+            reader.dna_reader()
+        } else {
+            reader.dna_place().reader(bytes)
+        };
+        deferred.push((dna, body));
         reader.skip_rest_of_dna()?;
     }
     let mut dnas = Vec::new();
