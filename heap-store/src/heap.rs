@@ -460,17 +460,8 @@ impl HeapView<'_> {
         let mut batch = Batch::default();
         while let Some(start) = reader.next_dna().map_err(undecodable)? {
             if mine(start.object) {
-                if let Some(class) = start.new_class {
-                    created(start.object, class);
-                }
-                batch.push(Pending {
-                    start,
-                    body: reader.dna_reader(),
-                    index: cache.likely_index_of(start.object),
-                });
-                if batch.is_full() {
-                    self.apply_batch(cache, lsn, &mut batch, bytes)?;
-                }
+                let body = reader.dna_reader();
+                self.gather(cache, lsn, bytes, &mut batch, start, body, &mut created)?;
             }
             reader.skip_rest_of_dna().map_err(undecodable)?;
         }
@@ -492,20 +483,39 @@ impl HeapView<'_> {
     ) -> Result<(), ApplyError> {
         let mut batch = Batch::default();
         for dna in dnas.iter().filter(|dna| mine(dna.start.object)) {
-            let start = dna.start;
-            if let Some(class) = start.new_class {
-                created(start.object, class);
-            }
-            batch.push(Pending {
-                start,
-                body: dna.place.reader(bytes),
-                index: cache.likely_index_of(start.object),
-            });
-            if batch.is_full() {
-                self.apply_batch(cache, lsn, &mut batch, bytes)?;
-            }
+            let body = dna.place.reader(bytes);
+            self.gather(cache, lsn, bytes, &mut batch, dna.start, body, &mut created)?;
         }
         self.apply_batch(cache, lsn, &mut batch, bytes)
+    }
+
+    /// Adds a DNA of the transaction record `bytes` to `batch`, applying
+    /// the batch once it is full, and calls `created` if the DNA creates
+    /// its object.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn gather<'b>(
+        &self,
+        cache: &mut Cache,
+        lsn: Lsn,
+        bytes: &[u8],
+        batch: &mut Batch<'b>,
+        start: DnaStart,
+        body: DnaReader<'b>,
+        created: &mut impl FnMut(ObjectId, ClassId),
+    ) -> Result<(), ApplyError> {
+        if let Some(class) = start.new_class {
+            created(start.object, class);
+        }
+        batch.push(Pending {
+            start,
+            body,
+            index: cache.likely_index_of(start.object),
+        });
+        if batch.is_full() {
+            self.apply_batch(cache, lsn, batch, bytes)?;
+        }
+        Ok(())
     }
 
     /// Applies the DNAs of `batch` (and empties it).

@@ -33,7 +33,7 @@ use crate::cache::Cache;
 use crate::datafile::DataFiles;
 use crate::error::{Result, StoreError};
 use crate::heap::{ApplyError, Heap, HeapView, register_class};
-use crate::model::{ClassDef, ObjectId};
+use crate::model::{ClassDef, ClassId, ObjectId};
 use crate::records::{KIND_TRANSACTION, StoreRecord};
 use crate::replay_feed::{Feed, IndexedDna, Next, TransactionIndex};
 use crate::sequencer::DELETED;
@@ -359,12 +359,9 @@ impl Shard {
         if lsn.0 > source.first_failure.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let applied = match (record.kind, index) {
-            (KIND_TRANSACTION, Some((index, dnas))) => {
-                self.indexed_transaction(source, lsn, record.payload, index, dnas)
-            }
-            (KIND_TRANSACTION, None) => self.transaction(source, lsn, record.payload),
-            (kind, _) => match StoreRecord::decode(kind, record.payload) {
+        let applied = match record.kind {
+            KIND_TRANSACTION => self.transaction(source, lsn, record.payload, index),
+            kind => match StoreRecord::decode(kind, record.payload) {
                 Ok(decoded) => self.other(source, lsn, decoded),
                 Err(e) => Err(ApplyError::Mismatch(e.to_string())),
             },
@@ -387,13 +384,14 @@ impl Shard {
         Ok(true)
     }
 
-    fn indexed_transaction(
+    /// Applies a transaction record's changes to this shard's objects:
+    /// with `index` (the feed's walk of it), only its DNA bodies are read.
+    fn transaction(
         &mut self,
         source: &Source<'_>,
         lsn: Lsn,
         payload: &[u8],
-        index: &TransactionIndex,
-        dnas: &[IndexedDna],
+        index: Option<(&TransactionIndex, &[IndexedDna])>,
     ) -> std::result::Result<(), ApplyError> {
         let view = HeapView {
             classes: &self.classes,
@@ -402,44 +400,23 @@ impl Shard {
             deleted: Some(&self.deleted),
         };
         let (shard, shards) = (self.index, self.shards);
+        let mine = |id| shards.owner(id) == shard;
         let classes_of = &mut self.classes_of;
-        view.replay_indexed(
-            &mut self.cache,
-            lsn,
-            payload,
-            dnas,
-            |id| shards.owner(id) == shard,
-            |id, class| classes_of.push((id, class.0, false)),
-        )?;
-        if self.index == 0 {
-            self.roots.extend(index.roots.iter().cloned());
-        }
-        Ok(())
-    }
-
-    fn transaction(
-        &mut self,
-        source: &Source<'_>,
-        lsn: Lsn,
-        payload: &[u8],
-    ) -> std::result::Result<(), ApplyError> {
-        let view = HeapView {
-            classes: &self.classes,
-            table: source.table,
-            files: source.files,
-            deleted: Some(&self.deleted),
-        };
-        let (index, shards) = (self.index, self.shards);
-        let classes_of = &mut self.classes_of;
-        let header = view.replay_transaction(
-            &mut self.cache,
-            lsn,
-            payload,
-            |id| shards.owner(id) == index,
-            |id, class| classes_of.push((id, class.0, false)),
-        )?;
-        if self.index == 0 {
-            self.roots.extend(header.roots);
+        let created = |id, class: ClassId| classes_of.push((id, class.0, false));
+        let cache = &mut self.cache;
+        match index {
+            Some((index, dnas)) => {
+                view.replay_indexed(cache, lsn, payload, dnas, mine, created)?;
+                if shard == 0 {
+                    self.roots.extend(index.roots.iter().cloned());
+                }
+            }
+            None => {
+                let header = view.replay_transaction(cache, lsn, payload, mine, created)?;
+                if shard == 0 {
+                    self.roots.extend(header.roots);
+                }
+            }
         }
         Ok(())
     }
