@@ -333,7 +333,7 @@ impl Shard {
                             lsn: record.lsn,
                             end: record.end,
                             kind: record.kind,
-                            payload: batch.payload(record),
+                            payload: &record.payload,
                         };
                         let index = record.index.as_ref().map(|i| (i, batch.dnas(i)));
                         if !self.take(source, taken, index)? {

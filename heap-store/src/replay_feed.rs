@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use crate::dna::{DnaPlace, DnaStart, TransactionReader};
 use crate::model::ObjectId;
 use crate::records::KIND_TRANSACTION;
+use bytes::Bytes;
 use tc_wal::{Lsn, WalError, WalReader};
 
 /// WAL bytes a batch holds at least (unless the WAL ends first).
@@ -57,18 +58,18 @@ pub(crate) struct IndexedDna {
     pub place: DnaPlace,
 }
 
-/// Records read and checked, their payloads copied into one buffer, with
-/// their transactions indexed. A batch every shard has taken is kept for
-/// reuse (`FeedState::spare`): reading then allocates nothing, and no
-/// shard frees what another allocated (measured: with batches freed on
-/// whichever thread took them last, and the reader's chunks held by them,
-/// some opens spent 40 % more CPU and slept ten times as often).
+/// Records read and checked, with their transactions indexed. A batch
+/// every shard has taken is kept for reuse (`FeedState::spare`), as the
+/// reader keeps the chunks its payloads are slices of: reading then
+/// allocates nothing, and no shard frees what another allocated
+/// (measured: with batches freed on whichever thread took them last, and
+/// each chunk a new allocation, some opens spent 40 % more CPU and slept
+/// ten times as often).
 #[derive(Default)]
 pub(crate) struct Batch {
     pub records: Vec<BatchRecord>,
     /// The DNAs of every indexed transaction of the batch, in order.
     dnas: Vec<IndexedDna>,
-    payloads: Vec<u8>,
 }
 
 pub(crate) struct BatchRecord {
@@ -76,7 +77,9 @@ pub(crate) struct BatchRecord {
     /// The next record's LSN.
     pub end: Lsn,
     pub kind: u8,
-    payload: Range<usize>,
+    /// A slice of the reader's chunk (which it reuses once no batch holds
+    /// a payload of it, `WalReader`).
+    pub payload: Bytes,
     /// For a transaction record that decodes: its roots and DNAs.
     pub index: Option<TransactionIndex>,
 }
@@ -87,10 +90,6 @@ pub(crate) struct TransactionIndex {
 }
 
 impl Batch {
-    pub fn payload(&self, record: &BatchRecord) -> &[u8] {
-        &self.payloads[record.payload.clone()]
-    }
-
     /// The DNAs of `index`, one of this batch's transactions.
     pub fn dnas(&self, index: &TransactionIndex) -> &[IndexedDna] {
         &self.dnas[index.dnas.clone()]
@@ -99,7 +98,6 @@ impl Batch {
     fn clear(&mut self) {
         self.records.clear();
         self.dnas.clear();
-        self.payloads.clear();
     }
 }
 
@@ -302,13 +300,11 @@ fn read_batch(reader: &mut WalReader, batch: &mut Batch) -> Option<Option<(Lsn, 
         let index = (record.kind == KIND_TRANSACTION)
             .then(|| index_transaction(&record.payload, &mut batch.dnas))
             .flatten();
-        let start = batch.payloads.len();
-        batch.payloads.extend_from_slice(&record.payload);
         batch.records.push(BatchRecord {
             lsn: record.lsn,
             end,
             kind: record.kind,
-            payload: start..batch.payloads.len(),
+            payload: record.payload,
             index,
         });
     }
@@ -383,7 +379,7 @@ mod tests {
             match feed.next(shard) {
                 Next::Batch(batch) => {
                     taken.extend(batch.records.iter().map(|r| {
-                        let number = batch.payload(r).first_chunk::<8>().expect("8 bytes");
+                        let number = r.payload.first_chunk::<8>().expect("8 bytes");
                         u64::from_le_bytes(*number)
                     }));
                     assert!(feed.held() <= BATCHES_AHEAD_MAX, "{} held", feed.held());

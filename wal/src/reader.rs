@@ -5,8 +5,9 @@
 //! Invariants: never returns a record whose end is past the durable end;
 //! buffered bytes are trusted only below the durable end seen when they were
 //! read (bytes above it may still change). A record's payload is a slice of
-//! the read-ahead chunk it was read in (no copy): the chunk is reused only
-//! once no payload of it is left, so keeping records keeps their chunks.
+//! the read-ahead chunk it was read in (no copy): a chunk is read into
+//! again only once no payload of it is left, so keeping records keeps
+//! their chunks (up to `HELD_CHUNKS_MAX` of them are held, to reuse).
 
 use std::fs::File;
 use std::ops::Range;
@@ -22,6 +23,10 @@ use crate::log::Shared;
 use crate::recovery::SegmentInfo;
 
 const READ_AHEAD_BYTES: usize = 256 << 10;
+
+/// Chunks with payloads still alive that a reader keeps to reuse, at most
+/// (8 MiB).
+const HELD_CHUNKS_MAX: usize = 32;
 
 /// One durable record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +59,9 @@ pub struct WalReader {
     segment: Option<OpenSegment>,
     /// The read-ahead chunk, shared with the payloads read from it.
     buffer: Bytes,
+    /// Earlier chunks whose payloads were still alive when the reader
+    /// moved on, to read into again once they are not (`chunk_to_reuse`).
+    held: Vec<Bytes>,
     /// File offset of `buffer[0]` in the current segment.
     buffer_offset: u64,
 }
@@ -81,6 +89,7 @@ impl WalReader {
             durable: Lsn(0),
             segment: None,
             buffer: Bytes::new(),
+            held: Vec::new(),
             buffer_offset: 0,
         })
     }
@@ -246,6 +255,31 @@ impl WalReader {
         })
     }
 
+    /// Memory to read the next chunk into: the current chunk if no
+    /// payload read from it is alive, else a held one none of whose
+    /// payloads is (the current one is held instead, while there is room),
+    /// else new memory. A consumer that keeps records for a while (replay
+    /// hands them between threads in batches) then does not make the
+    /// reader allocate, and zero, a chunk for every chunk read.
+    fn chunk_to_reuse(&mut self) -> BytesMut {
+        let current = std::mem::take(&mut self.buffer);
+        let current = match current.try_into_mut() {
+            Ok(free) => return free,
+            Err(current) => current,
+        };
+        if !current.is_empty() && self.held.len() < HELD_CHUNKS_MAX {
+            self.held.push(current);
+        }
+        match self.held.iter().position(Bytes::is_unique) {
+            Some(free) => self
+                .held
+                .swap_remove(free)
+                .try_into_mut()
+                .unwrap_or_default(),
+            None => BytesMut::new(),
+        }
+    }
+
     /// The segment being read (`read_frame` is called only with one
     /// open).
     fn open_segment(&self) -> &OpenSegment {
@@ -293,11 +327,9 @@ impl WalReader {
         let start = offset.checked_sub(self.buffer_offset);
         let cached = start.is_some_and(|s| s as usize + len <= self.buffer.len());
         if !cached {
-            let segment = self.segment.as_ref().expect("segment opened");
             let want = len.max(READ_AHEAD_BYTES);
-            // The old chunk, unless a payload read from it is still alive.
-            let old = std::mem::take(&mut self.buffer).try_into_mut();
-            let mut buffer = old.unwrap_or_else(|_| BytesMut::new());
+            let mut buffer = self.chunk_to_reuse();
+            let segment = self.segment.as_ref().expect("segment opened");
             if buffer.len() < want {
                 buffer.resize(want, 0);
             }
