@@ -25,6 +25,10 @@ fn person() -> ClassDef {
     )
 }
 
+fn array_list() -> ClassDef {
+    ClassDef::collection("java.util.ArrayList", ClassKind::List)
+}
+
 fn tx(seq: u64, dnas: Vec<Dna>, roots: Vec<(&str, ObjectId)>) -> Vec<u8> {
     Transaction {
         client: 1,
@@ -53,12 +57,7 @@ fn commits_survive_reopen_with_and_without_checkpoint() {
     {
         let store = Store::open(dir.path(), config()).unwrap();
         let class = store.register_class(&person()).unwrap();
-        let list_class = store
-            .register_class(&ClassDef::collection(
-                "java.util.ArrayList",
-                ClassKind::List,
-            ))
-            .unwrap();
+        let list_class = store.register_class(&array_list()).unwrap();
         let ids = store.allocate_ids(10).unwrap();
         alice = ObjectId(ids.start);
         bob = ObjectId(ids.start + 1);
@@ -343,12 +342,7 @@ fn bad_transactions_are_rejected_and_write_nothing() {
 fn async_commits_from_many_tasks_are_all_durable_and_applied_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(Store::open(dir.path(), config()).unwrap());
-    let list_class = store
-        .register_class(&ClassDef::collection(
-            "java.util.ArrayList",
-            ClassKind::List,
-        ))
-        .unwrap();
+    let list_class = store.register_class(&array_list()).unwrap();
     let ids = store.allocate_ids(16).unwrap();
     let lists: Vec<ObjectId> = ids.map(ObjectId).collect();
     store
@@ -586,12 +580,7 @@ fn a_wal_of_many_batches_replays_whole_on_every_shard_count() {
     {
         let store = Store::open(dir.path(), config()).unwrap();
         let class = store.register_class(&person()).unwrap();
-        let list_class = store
-            .register_class(&ClassDef::collection(
-                "java.util.ArrayList",
-                ClassKind::List,
-            ))
-            .unwrap();
+        let list_class = store.register_class(&array_list()).unwrap();
         lists = store.allocate_ids(4).unwrap().map(ObjectId).collect();
         let mut ids: Vec<ObjectId> = store.allocate_ids(64).unwrap().map(ObjectId).collect();
         let created = (lists.iter().map(|&id| Dna::new_object(id, list_class)))
