@@ -31,6 +31,26 @@ pub(crate) struct Cached {
     recently_used: bool,
 }
 
+impl Cached {
+    /// The object, to change in place: copied first if a snapshot still
+    /// shares it. Unshared (always so in replay), it is reached without
+    /// the atomic read-modify-write `Arc::make_mut` costs.
+    #[inline]
+    pub fn object_mut(&mut self) -> &mut Object {
+        if Arc::strong_count(&self.object) == 1 && Arc::weak_count(&self.object) == 0 {
+            // Pairs with the release of a clone dropped on another thread,
+            // so its reads of the object happen before the changes made here.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+            // SAFETY: no other `Arc` or `Weak` of this object exists (the
+            // counts say so, and `&mut self` holds the only `Arc`, so none
+            // can be made meanwhile): nothing else can reach it.
+            unsafe { &mut *Arc::as_ptr(&self.object).cast_mut() }
+        } else {
+            Arc::make_mut(&mut self.object)
+        }
+    }
+}
+
 /// An object as of some LSN, shared (copy-on-write) with the heap.
 #[derive(Clone, Debug)]
 pub struct Snapshot {

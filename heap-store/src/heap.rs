@@ -423,7 +423,7 @@ impl HeapView<'_> {
         let mut changing = Changing {
             id,
             def,
-            object: Arc::make_mut(&mut cached.object),
+            object: cached.object_mut(),
             bytes_delta: 0,
         };
         change(&mut changing)?;
@@ -471,18 +471,17 @@ impl HeapView<'_> {
 
     /// `replay_transaction` for a record whose header and DNA starts were
     /// read already (by `replay_feed`, once for all shards): `dnas` are
-    /// all of the record's, in order.
+    /// those of the record's DNAs to apply, in order.
     pub fn replay_indexed(
         &self,
         cache: &mut Cache,
         lsn: Lsn,
         bytes: &[u8],
         dnas: &[IndexedDna],
-        mine: impl Fn(ObjectId) -> bool,
         mut created: impl FnMut(ObjectId, ClassId),
     ) -> Result<(), ApplyError> {
         let mut batch = Batch::default();
-        for dna in dnas.iter().filter(|dna| mine(dna.start.object)) {
+        for dna in dnas {
             let body = dna.place.reader(bytes);
             self.gather(cache, lsn, bytes, &mut batch, dna.start, body, &mut created)?;
         }

@@ -67,7 +67,7 @@ pub(crate) fn replay(
     // One shard reads alone; several share the reading (`replay_feed`).
     let feed = match shards.count() {
         1 => None,
-        count => Some(Feed::new(wal.reader(from)?, count as usize)),
+        _ => Some(Feed::new(wal.reader(from)?, shards)),
     };
     let source = Source {
         wal,
@@ -328,14 +328,13 @@ impl Shard {
         loop {
             match feed.next(shard) {
                 Next::Batch(batch) => {
-                    for record in &batch.records {
+                    for (record, index) in batch.records_for(shard) {
                         let taken = Taken {
                             lsn: record.lsn,
                             end: record.end,
                             kind: record.kind,
                             payload: &record.payload,
                         };
-                        let index = record.index.as_ref().map(|i| (i, batch.dnas(i)));
                         if !self.take(source, taken, index)? {
                             return Ok(());
                         }
@@ -385,7 +384,8 @@ impl Shard {
     }
 
     /// Applies a transaction record's changes to this shard's objects:
-    /// with `index` (the feed's walk of it), only its DNA bodies are read.
+    /// with `index` (the feed's walk of it, and this shard's DNAs of it),
+    /// only those DNAs' bodies are read.
     fn transaction(
         &mut self,
         source: &Source<'_>,
@@ -406,7 +406,7 @@ impl Shard {
         let cache = &mut self.cache;
         match index {
             Some((index, dnas)) => {
-                view.replay_indexed(cache, lsn, payload, dnas, mine, created)?;
+                view.replay_indexed(cache, lsn, payload, dnas, created)?;
                 if shard == 0 {
                     self.roots.extend(index.roots.iter().cloned());
                 }

@@ -120,6 +120,38 @@ fn commits_survive_reopen_with_and_without_checkpoint() {
     );
 }
 
+/// An object read with `get` is a snapshot: commits after it change the
+/// stored object, not the image the reader holds; once no reader holds
+/// it, the object is changed in place.
+#[test]
+fn a_snapshot_keeps_its_image_while_later_commits_change_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let class = store.register_class(&person()).unwrap();
+    let bob = ObjectId(store.allocate_ids(1).unwrap().start);
+    let age = |years| Value::Int(years);
+    let fields = |years| Body::Fields(vec![Value::Null, age(years), Value::Null]);
+    store
+        .commit(tx(
+            1,
+            vec![Dna::new_object(bob, class).field(1, age(40))],
+            vec![],
+        ))
+        .unwrap();
+    let at_40 = store.get(bob).unwrap().unwrap();
+    store
+        .commit(tx(2, vec![Dna::update(bob).field(1, age(41))], vec![]))
+        .unwrap();
+    let at_41 = store.get(bob).unwrap().unwrap();
+    assert_eq!(at_40.object.body, fields(40), "the earlier snapshot");
+    assert_eq!(at_41.object.body, fields(41));
+    drop((at_40, at_41));
+    store
+        .commit(tx(3, vec![Dna::update(bob).field(1, age(42))], vec![]))
+        .unwrap();
+    assert_eq!(store.get(bob).unwrap().unwrap().object.body, fields(42));
+}
+
 #[test]
 fn transactions_in_format_v1_commit_and_replay_on_every_shard_count() {
     let dir = tempfile::tempdir().unwrap();

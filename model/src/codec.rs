@@ -286,6 +286,7 @@ impl<'a> Reader<'a> {
         Ok(v)
     }
 
+    #[inline]
     pub fn zigzag(&mut self, what: &str) -> Result<i64, DecodeError> {
         let v = self.varint(what)?;
         Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
