@@ -1,6 +1,6 @@
 //! Recovery: turns the segment files found on open into a verified log.
 //!
-//! Owns: the decision table below. Reads every segment in full and checks
+//! Owns: the decision table below. Maps every segment in full and checks
 //! every frame's CRC (`format::scan_segment` does the classification).
 //!
 //! | where                     | what is found after the last good record | decision |
@@ -106,7 +106,6 @@ pub(crate) fn recover(dir: &Path, read_from: Option<Lsn>) -> Result<Option<Recov
         first_lsn: segments[0].first_lsn,
         ..RecoveryReport::default()
     };
-    let mut bytes = Vec::new();
     let mut active = None;
     for (index, info) in segments.iter().enumerate() {
         let left_to_reader =
@@ -121,19 +120,17 @@ pub(crate) fn recover(dir: &Path, read_from: Option<Lsn>) -> Result<Option<Recov
             .write(index == last_index)
             .open(&info.path)
             .map_err(|e| WalError::io("opening segment", &info.path, e))?;
-        bytes.clear();
-        (&file)
-            .read_to_end(&mut bytes)
-            .map_err(|e| WalError::io("reading segment", &info.path, e))?;
-        let header = decode_header(info, &bytes)?;
+        let map = map_segment(&file, &info.path)?;
+        let header = decode_header(info, &map)?;
         let capacity_bytes = header.segment_bytes.max(SEGMENT_HEADER_BYTES as u64);
-        bytes.truncate(capacity_bytes as usize);
+        let file_bytes = map.len() as u64;
+        let bytes = &map[..map.len().min(capacity_bytes as usize)];
         let read_limit = u32::try_from(capacity_bytes).unwrap_or(u32::MAX);
-        let scan =
-            format::scan_segment(&bytes, read_limit).map_err(|source| WalError::Corrupt {
-                path: info.path.clone(),
-                source,
-            })?;
+        let scan = format::scan_segment(bytes, read_limit).map_err(|source| WalError::Corrupt {
+            path: info.path.clone(),
+            source,
+        })?;
+        drop(map);
         report.record_count += scan.record_count;
         report.end_lsn = scan.end_lsn;
         report.epoch = header.epoch;
@@ -175,9 +172,9 @@ pub(crate) fn recover(dir: &Path, read_from: Option<Lsn>) -> Result<Option<Recov
                 cause: torn.cause,
             });
         }
-        if (bytes.len() as u64) < capacity_bytes {
+        if file_bytes < capacity_bytes {
             file.set_len(capacity_bytes)
-                .and_then(|()| extend_with_zeroes(&file, bytes.len() as u64, capacity_bytes))
+                .and_then(|()| extend_with_zeroes(&file, file_bytes, capacity_bytes))
                 .map_err(|e| WalError::io("extending short segment", &info.path, e))?;
         }
         active = Some(ActiveSegment {
@@ -193,6 +190,19 @@ pub(crate) fn recover(dir: &Path, read_from: Option<Lsn>) -> Result<Option<Recov
         active,
         report,
     }))
+}
+
+/// A segment's bytes, mapped to be scanned: reading a 64 MiB segment into
+/// a new buffer cost tens of milliseconds of page faults and copying at
+/// every open, a tenth of a replay of 1 GiB.
+fn map_segment(file: &File, path: &Path) -> Result<memmap2::Mmap> {
+    // SAFETY: the file is a segment of a log this process holds the lock
+    // of (`lock_dir`), so no tc process changes it while it is mapped;
+    // recovery's own write (zeroing a torn tail) comes after the map is
+    // dropped. As with the object table's map, a file cut short by
+    // someone else meanwhile would end the process (SIGBUS).
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(file) };
+    map.map_err(|e| WalError::io("mapping segment", path, e))
 }
 
 /// Decodes a segment's header and checks it against the file's name.
