@@ -32,6 +32,7 @@ use tc_heap_store::{ObjectId, Store, StoreConfig};
 use crate::report;
 use crate::store_common::{
     self, Creation, FieldRange, IdSpace, Rng, StoreBenchError, io_err, plain8_class, store_err,
+    store_err_with,
 };
 use crate::wal_bench::BenchDir;
 
@@ -360,7 +361,7 @@ fn fill_loop(
         );
         store
             .commit(tx)
-            .map_err(store_err(format!("filler {index} commit")))?;
+            .map_err(store_err_with(|| format!("filler {index} commit")))?;
     }
     Ok(seq)
 }

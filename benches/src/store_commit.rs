@@ -31,7 +31,7 @@ use tc_wal::{Backend, BackendChoice, WalConfig};
 use crate::fsync_probe;
 use crate::report::{self, LatencySummary};
 use crate::store_common::{
-    self, FieldRange, Rng, StoreBenchError, io_err, plain8_class, store_err,
+    self, FieldRange, Rng, StoreBenchError, io_err, plain8_class, store_err, store_err_with,
 };
 use crate::wal_bench::{self, BackendArg, BenchDir, BenchError, WalArgs, Window};
 
@@ -563,7 +563,7 @@ fn commit_loop(
         let len = tx.len();
         store
             .commit(tx)
-            .map_err(store_err(format!("committer {index} commit")))?;
+            .map_err(store_err_with(|| format!("committer {index} commit")))?;
         committer.committed(len, started);
     }
     Ok(committer.done)
@@ -583,7 +583,7 @@ async fn commit_task(
         store
             .commit_async(tx)
             .await
-            .map_err(store_err(format!("committer {index} commit")))?;
+            .map_err(store_err_with(|| format!("committer {index} commit")))?;
         committer.committed(len, started);
     }
     Ok(committer.done)

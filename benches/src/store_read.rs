@@ -30,7 +30,7 @@ use tc_heap_store::{SEGMENTS_DIR, Store, StoreConfig};
 
 use crate::report::{self, LatencySummary};
 use crate::store_common::{
-    self, Creation, IdSpace, Rng, StoreBenchError, io_err, plain8_class, store_err,
+    self, Creation, IdSpace, Rng, StoreBenchError, io_err, plain8_class, store_err, store_err_with,
 };
 use crate::wal_bench::{self, BenchDir, Window};
 
@@ -344,7 +344,7 @@ fn fill_cache(store: &Store, ids: &IdSpace, budget: u64) -> Result<(u64, f64), S
             let id = ids.random(&mut rng);
             store
                 .get(id)
-                .map_err(store_err(format!("filling the cache: get {id}")))?;
+                .map_err(store_err_with(|| format!("filling the cache: get {id}")))?;
         }
         reads += 1000;
         let cache = store.stats().cache;
@@ -372,7 +372,9 @@ fn read_loop(
         if started >= window.until {
             return Ok(histogram);
         }
-        let found = store.get(id).map_err(store_err(format!("get {id}")))?;
+        let found = store
+            .get(id)
+            .map_err(store_err_with(|| format!("get {id}")))?;
         if started >= window.measure_from {
             report::record_latency(&mut histogram, started.elapsed());
         }

@@ -40,6 +40,7 @@ use tc_heap_store::{SEGMENTS_DIR, Store, StoreConfig};
 use crate::report;
 use crate::store_common::{
     self, Creation, FieldRange, IdSpace, Rng, StoreBenchError, io_err, plain8_class, store_err,
+    store_err_with,
 };
 use crate::wal_bench::{self, BenchDir};
 
@@ -405,7 +406,7 @@ fn update_loop(
         let started = Instant::now();
         store
             .commit(tx)
-            .map_err(store_err(format!("committer {index} commit")))?;
+            .map_err(store_err_with(|| format!("committer {index} commit")))?;
         let took = started.elapsed().as_micros() as u64;
         counters
             .longest_commit_us
