@@ -31,7 +31,8 @@ use tc_wal::{Backend, BackendChoice, WalConfig};
 use crate::fsync_probe;
 use crate::report::{self, LatencySummary};
 use crate::store_common::{
-    self, FieldRange, Rng, StoreBenchError, io_err, plain8_class, store_err, store_err_with,
+    self, FieldRange, Rng, StoreBenchError, UpdateTxs, io_err, plain8_class, store_err,
+    store_err_with,
 };
 use crate::wal_bench::{self, BackendArg, BenchDir, BenchError, WalArgs, Window};
 
@@ -498,26 +499,22 @@ fn wal_delta(before: &StoreStats, after: &StoreStats) -> (u64, u64) {
 
 /// One committer's state: the transactions it makes and what it measured.
 struct Committer {
-    index: u64,
-    object: ObjectId,
     fields: FieldRange,
     window: Window,
     rng: Rng,
     slots: Vec<u32>,
-    seq: u64,
+    txs: UpdateTxs,
     done: Committed,
 }
 
 impl Committer {
     fn new(index: u64, object: ObjectId, fields: FieldRange, window: Window) -> Committer {
         Committer {
-            index,
-            object,
             fields,
             window,
             rng: Rng::new(index + 1),
             slots: Vec::with_capacity(8),
-            seq: 0,
+            txs: UpdateTxs::new(index + 1, object),
             done: Committed {
                 histogram: report::latency_histogram(),
                 tx_bytes: 0,
@@ -528,15 +525,8 @@ impl Committer {
     /// The next transaction and its start time, or `None` once the window
     /// has closed.
     fn next(&mut self) -> Option<(Vec<u8>, Instant)> {
-        self.seq += 1;
         self.fields.pick_slots(&mut self.rng, &mut self.slots);
-        let tx = store_common::update_tx(
-            self.index + 1,
-            self.seq,
-            self.object,
-            &self.slots,
-            &mut self.rng,
-        );
+        let tx = self.txs.next(&self.slots, &mut self.rng);
         let started = Instant::now();
         (started < self.window.until).then_some((tx, started))
     }
