@@ -227,13 +227,7 @@ pub struct UpdateTxs {
 impl UpdateTxs {
     pub fn new(client: u64, object: ObjectId) -> UpdateTxs {
         UpdateTxs {
-            tx: Transaction {
-                client,
-                seq: 0,
-                lock: LockRef::Object(object),
-                roots: Vec::new(),
-                dnas: vec![Dna::update(object)],
-            },
+            tx: update_transaction(client, 0, object),
         }
     }
 
@@ -248,14 +242,21 @@ impl UpdateTxs {
 /// One update transaction: `object` gets a random long in each of
 /// `slots`, under the object's lock.
 pub fn update_tx(client: u64, seq: u64, object: ObjectId, slots: &[u32], rng: &mut Rng) -> Vec<u8> {
+    let mut tx = update_transaction(client, seq, object);
+    fill_random_longs(&mut tx.dnas[0].fields, slots, rng);
+    tx.encode()
+}
+
+/// An update of `object` under its lock, with no field writes yet: the
+/// shape of `update_tx` and `UpdateTxs`.
+fn update_transaction(client: u64, seq: u64, object: ObjectId) -> Transaction {
     Transaction {
         client,
         seq,
         lock: LockRef::Object(object),
         roots: Vec::new(),
-        dnas: vec![random_longs(object, slots, rng)],
+        dnas: vec![Dna::update(object)],
     }
-    .encode()
 }
 
 /// Update transaction touching several objects (each its own DNA, random
