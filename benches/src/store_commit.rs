@@ -32,8 +32,7 @@ use tc_wal::{Backend, BackendChoice, WalConfig};
 use crate::fsync_probe;
 use crate::report::{self, LatencySummary};
 use crate::store_common::{
-    self, FieldRange, Rng, StoreBenchError, UpdateTxs, io_err, plain8_class, store_err,
-    store_err_with,
+    self, FieldRange, Rng, StoreBenchError, io_err, plain8_class, store_err, store_err_with,
 };
 use crate::wal_bench::{self, BackendArg, BenchDir, BenchError, WalArgs, Window};
 
@@ -516,11 +515,16 @@ impl Committer {
     fn new(index: u64, object: ObjectId, fields: FieldRange, window: Window) -> Committer {
         let mut rng = Rng::new(index + 1);
         let mut slots = Vec::with_capacity(8);
-        let mut txs = UpdateTxs::new(index + 1, object);
-        let ring = (0..TX_RING)
-            .map(|_| {
+        let ring = (1..=TX_RING as u64)
+            .map(|seq| {
                 fields.pick_slots(&mut rng, &mut slots);
-                Bytes::from(txs.next(&slots, &mut rng))
+                Bytes::from(store_common::update_tx(
+                    index + 1,
+                    seq,
+                    object,
+                    &slots,
+                    &mut rng,
+                ))
             })
             .collect();
         Committer {

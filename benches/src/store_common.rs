@@ -196,67 +196,28 @@ pub fn parse_fraction(text: &str) -> Result<f64, String> {
     Ok(value)
 }
 
-/// A DNA writing a random long into each of `slots` of `object`.
+/// A DNA writing a random long (below 2^32, so a 1–5 byte varint) into
+/// each of `slots` of `object`.
 fn random_longs(object: ObjectId, slots: &[u32], rng: &mut Rng) -> Dna {
     let mut dna = Dna::update(object);
-    fill_random_longs(&mut dna.fields, slots, rng);
+    dna.fields = slots
+        .iter()
+        .map(|&slot| (slot, Value::Long(rng.below(1 << 32) as i64)))
+        .collect();
     dna
-}
-
-/// Replaces `fields` with a random long (below 2^32, so a 1–5 byte varint)
-/// for each of `slots`.
-fn fill_random_longs(fields: &mut Vec<(u32, Value)>, slots: &[u32], rng: &mut Rng) {
-    fields.clear();
-    fields.extend(
-        slots
-            .iter()
-            .map(|&slot| (slot, Value::Long(rng.below(1 << 32) as i64))),
-    );
-}
-
-/// One committer's update transactions (`update_tx`), one after another
-/// with sequence numbers 1, 2, ...: one `Transaction` is kept and its
-/// DNA's writes refilled for each, so that what a committer does per
-/// commit besides committing is little more than the encoding (built anew
-/// each time, the transaction took a sixth of a committer's CPU, a cost
-/// the raw WAL baseline's producers do not have).
-pub struct UpdateTxs {
-    tx: Transaction,
-}
-
-impl UpdateTxs {
-    pub fn new(client: u64, object: ObjectId) -> UpdateTxs {
-        UpdateTxs {
-            tx: update_transaction(client, 0, object),
-        }
-    }
-
-    /// The next transaction: a random long in each of `slots`.
-    pub fn next(&mut self, slots: &[u32], rng: &mut Rng) -> Vec<u8> {
-        self.tx.seq += 1;
-        fill_random_longs(&mut self.tx.dnas[0].fields, slots, rng);
-        self.tx.encode()
-    }
 }
 
 /// One update transaction: `object` gets a random long in each of
 /// `slots`, under the object's lock.
 pub fn update_tx(client: u64, seq: u64, object: ObjectId, slots: &[u32], rng: &mut Rng) -> Vec<u8> {
-    let mut tx = update_transaction(client, seq, object);
-    fill_random_longs(&mut tx.dnas[0].fields, slots, rng);
-    tx.encode()
-}
-
-/// An update of `object` under its lock, with no field writes yet: the
-/// shape of `update_tx` and `UpdateTxs`.
-fn update_transaction(client: u64, seq: u64, object: ObjectId) -> Transaction {
     Transaction {
         client,
         seq,
         lock: LockRef::Object(object),
         roots: Vec::new(),
-        dnas: vec![Dna::update(object)],
+        dnas: vec![random_longs(object, slots, rng)],
     }
+    .encode()
 }
 
 /// Update transaction touching several objects (each its own DNA, random
@@ -495,17 +456,5 @@ mod tests {
             &mut slots,
         );
         assert_eq!(Transaction::decode(&bytes).expect("valid").dnas.len(), 2);
-    }
-
-    #[test]
-    fn successive_update_transactions_are_those_built_one_by_one() {
-        let (mut kept, mut fresh) = (Rng::new(4), Rng::new(4));
-        let mut txs = UpdateTxs::new(5, ObjectId(12));
-        for (seq, slots) in [(1, &[0, 3, 7][..]), (2, &[1][..]), (3, &[2, 4][..])] {
-            assert_eq!(
-                txs.next(slots, &mut kept),
-                update_tx(5, seq, ObjectId(12), slots, &mut fresh)
-            );
-        }
     }
 }
